@@ -1,0 +1,32 @@
+"""convslim: make trained CNNs cheaper to run.
+
+>>> import convslim
+>>> result = convslim.compress(model, (torch.randn(1, 3, 32, 32),), to="dwsep", rank=1)
+>>> result.model, result.report
+"""
+
+from convslim.api import CompressionResult, Prepared, apply, compress, load_compressed, plan, prepare
+from convslim.convert import FORMS, get_form, register_form
+from convslim.errors import ConvslimError, ModelLoadError, PlanError, UsageError, VerificationError
+from convslim.plan import Plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMS",
+    "CompressionResult",
+    "ConvslimError",
+    "ModelLoadError",
+    "Plan",
+    "PlanError",
+    "Prepared",
+    "UsageError",
+    "VerificationError",
+    "apply",
+    "compress",
+    "get_form",
+    "load_compressed",
+    "plan",
+    "prepare",
+    "register_form",
+]

@@ -1,0 +1,215 @@
+"""The Python API: prepare → plan → apply → (fine-tune) → export and verify.
+
+Example:
+    >>> from convslim import compress
+    >>> result = compress(model, (torch.randn(1, 3, 32, 32),), to="dwsep", rank=1, out_dir="out")
+    >>> print(result.report.summary())
+
+``plan`` and ``apply`` expose the middle so a plan can be inspected (or edited, or saved) before it is applied.
+The model passed in is never modified: every step works on copies.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from convslim.convert import get_form
+from convslim.convert.base import ConvSite
+from convslim.errors import PlanError, UsageError
+from convslim.passes import apply_plan, collect_conv_sites, fold_batchnorm, trace_model
+from convslim.passes.trace import TracedModel, propagate_shapes_
+from convslim.plan import Plan, make_plan
+from convslim.report import Report
+from convslim.verify import DEFAULT_RTOL
+
+
+@dataclass
+class Prepared:
+    """A model ready to plan on: the eval-mode original, its BN-folded working copy, and its conv sites."""
+
+    original: nn.Module
+    traced: TracedModel
+    sites: list[ConvSite]
+    batchnorm_folded: int
+
+    @property
+    def example_inputs(self) -> tuple:
+        return self.traced.example_inputs
+
+
+@dataclass
+class CompressionResult:
+    model: nn.Module
+    report: Report
+    plan: Plan
+    prepared: Prepared
+
+
+def as_inputs(example_inputs) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    return tuple(example_inputs)
+
+
+def prepare(model: nn.Module, example_inputs, calibration: torch.Tensor | None = None) -> Prepared:
+    """Copy, trace, fold BatchNorm and find every conv with its shapes.
+
+    With ``calibration`` (a batch of real inputs), each site also gets ``input_sample``: what the conv sees on
+    the first 64 of them, for forms that choose from activations.
+    """
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"expected an nn.Module, got {type(model).__name__}")
+    example_inputs = as_inputs(example_inputs)
+    original = copy.deepcopy(model).eval()
+    traced = trace_model(original, example_inputs)
+    folded = 0
+    if traced.mode == "fx":
+        gm, folded = fold_batchnorm(traced.graph_module)
+        traced = TracedModel(gm, example_inputs, "fx", traced.notes, traced.unconvertible)
+        propagate_shapes_(traced)
+    sites = collect_conv_sites(traced)
+    if calibration is not None:
+        record_input_samples(traced.module, sites, calibration[:64])
+    return Prepared(original, traced, sites, folded)
+
+
+@torch.no_grad()
+def record_input_samples(module: nn.Module, sites: list[ConvSite], batch: torch.Tensor) -> None:
+    by_name = {s.name: s for s in sites}
+    handles = []
+    for name, sub in module.named_modules():
+        if name in by_name:
+
+            def hook(mod, args, out, site=by_name[name]):
+                if site.input_sample is None:
+                    site.input_sample = args[0].detach()
+
+            handles.append(sub.register_forward_hook(hook))
+    try:
+        module(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def plan(
+    model: nn.Module | Prepared,
+    example_inputs=None,
+    to: str = "dwsep",
+    exclude: Sequence[str] = (),
+    **options,
+) -> Plan:
+    """Decide per conv (form, setting, or why skipped) without rewriting anything."""
+    prepared = model if isinstance(model, Prepared) else prepare(model, example_inputs)
+    return _uniform_plan(prepared, to, exclude, options)
+
+
+def _uniform_plan(prepared: Prepared, to: str, exclude: Sequence[str], options: dict) -> Plan:
+    get_form(to)
+    return make_plan(prepared.sites, to, options, prepared.traced.unconvertible, tuple(exclude))
+
+
+def apply(
+    model: nn.Module | Prepared, plan: Plan, example_inputs=None, notes: list[str] | None = None
+) -> nn.Module:
+    """Return the compressed copy of ``model`` that ``plan`` describes."""
+    prepared = model if isinstance(model, Prepared) else prepare(model, example_inputs)
+    check_plan_fits(plan, prepared.sites)
+    return apply_plan(prepared.traced.module, plan, notes=notes)
+
+
+def check_plan_fits(plan: Plan, sites: list[ConvSite]) -> None:
+    by_name = {s.name: s for s in sites}
+    for decision in plan.rewritten:
+        site = by_name.get(decision.name)
+        if site is None:
+            raise PlanError(
+                f"plan layer {decision.name!r} is not a conv of this model; make the plan on this model"
+            )
+        if list(site.in_shape) != decision.in_shape:
+            raise PlanError(
+                f"plan layer {decision.name}: planned for input {decision.in_shape}, the model gives "
+                f"{list(site.in_shape)}; plan again with this --input-shape"
+            )
+
+
+def compress(
+    model: nn.Module,
+    example_inputs,
+    to: str = "dwsep",
+    *,
+    plan: Plan | None = None,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    verify: bool = True,
+    measure_speed: bool = True,
+    batch_sizes: Sequence[int] = (1, 32),
+    tolerance: float = DEFAULT_RTOL,
+    calibration: torch.Tensor | None = None,
+    finetune: Callable | None = None,
+    exclude: Sequence[str] = (),
+    progress: bool = False,
+    **options,
+) -> CompressionResult:
+    """Rewrite ``model``'s convs into form ``to``; with ``verify`` export to ONNX and check it with ORT.
+
+    ``options`` go to the form (``rank``, ``energy``, ...). ``calibration`` is a batch of real inputs used in the
+    parity checks. ``finetune(prepared, compressed, plan) -> (model, report_dict)`` is called between rewriting
+    and export when given. With ``out_dir``, ``model.onnx``, ``compressed.pt2``, ``plan.json``,
+    ``compressed_state_dict.pt``, ``report.json`` and ``report.md`` appear there together or not at all.
+    """
+    from convslim.pipeline import export_and_verify, weight_errors
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    prepared = prepare(model, example_inputs, calibration)
+    if plan is None:
+        plan = _uniform_plan(prepared, to, exclude, options)
+    notes = list(prepared.traced.notes)
+    compressed = apply(prepared, plan, notes=notes)
+    report = Report.from_plan(plan, prepared.traced.mode, weight_errors(prepared, plan))
+    report.batchnorm_folded = prepared.batchnorm_folded
+    report.notes.extend(notes)
+    timings["rewrite"] = time.perf_counter() - start
+    if finetune is not None:
+        t0 = time.perf_counter()
+        compressed, report.finetune = finetune(prepared, compressed, plan)
+        timings["finetune"] = time.perf_counter() - t0
+    report.timings_s = timings
+    if verify or out_dir is not None:
+        with tempfile.TemporaryDirectory(prefix="convslim-") as scratch:
+            export_and_verify(
+                prepared,
+                compressed,
+                plan,
+                report,
+                Path(scratch),
+                out_dir=out_dir,
+                overwrite=overwrite,
+                batch_sizes=batch_sizes if measure_speed else (),
+                tolerance=tolerance,
+                calibration=calibration,
+                progress=progress,
+            )
+    return CompressionResult(compressed, report, plan, prepared)
+
+
+def load_compressed(model: nn.Module, example_inputs, out_dir: str | Path) -> nn.Module:
+    """Rebuild a compressed model from ``plan.json`` + ``compressed_state_dict.pt`` (no pickled code runs).
+
+    ``model`` is a fresh instance of the original architecture (its weights are replaced by the saved ones).
+    """
+    out_dir = Path(out_dir)
+    saved_plan = Plan.from_json((out_dir / "plan.json").read_text(), str(out_dir / "plan.json"))
+    compressed = apply(model, saved_plan, example_inputs)
+    state = torch.load(out_dir / "compressed_state_dict.pt", map_location="cpu", weights_only=True)
+    compressed.load_state_dict(state)
+    return compressed.eval()

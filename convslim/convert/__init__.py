@@ -1,0 +1,46 @@
+"""Registry of conversion forms, keyed by the string the CLI takes (``--to dwsep`` ↔ ``convert/dwsep.py``).
+
+Example:
+    >>> from convslim.convert import get_form
+    >>> get_form("dwsep").name
+    'dwsep'
+"""
+
+from __future__ import annotations
+
+from convslim.convert.base import ConvSite, Cost, Form, dense_cost
+from convslim.errors import UsageError
+
+FORMS: dict[str, Form] = {}
+
+
+def register_form(form: Form) -> Form:
+    """Add ``form`` to the registry under ``form.name`` (users may register their own forms)."""
+    if not form.name:
+        raise ValueError(f"{type(form).__name__} has no name")
+    FORMS[form.name] = form
+    return form
+
+
+def get_form(name: str) -> Form:
+    try:
+        return FORMS[name]
+    except KeyError:
+        known = ", ".join(sorted(FORMS)) or "none"
+        raise UsageError(f"unknown form {name!r}: choose one of {known}") from None
+
+
+def _register_builtin_forms() -> None:
+    from convslim.convert import dwsep  # noqa: F401  (each module registers itself)
+
+    for optional in ("spatial", "grouped", "octave"):
+        try:
+            __import__(f"convslim.convert.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"convslim.convert.{optional}":
+                raise
+
+
+_register_builtin_forms()
+
+__all__ = ["FORMS", "ConvSite", "Cost", "Form", "dense_cost", "get_form", "register_form"]

@@ -1,0 +1,96 @@
+"""The contract every form implements, and the per-conv facts ("sites") forms decide on.
+
+A form is mechanism only: given a trained conv and a concrete *setting* (e.g. ``{"rank": 2}``) it says
+whether it can take the conv (``supports``), what it would cost (``cost``), and builds the replacement
+(``convert``, a pure function that never touches the input conv). Which setting a layer gets is policy:
+``settings_from_options`` turns user options (``--rank``, ``--energy`` ...) into a setting per conv, and the
+planner may pick others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Parameters and multiply-accumulates per sample (batch 1), summed over every call of the conv."""
+
+    params: int
+    macs: int
+
+
+@dataclass
+class ConvSite:
+    """One conv module of the model and the shapes it sees: ``calls`` holds (input CHW, output CHW) per call."""
+
+    name: str
+    conv: nn.Module
+    calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    input_sample: torch.Tensor | None = None  # this conv's inputs on calibration data, when data was given
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.calls[0][0] if self.calls else ()
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return self.calls[0][1] if self.calls else ()
+
+    def output_pixels(self) -> int:
+        """Σ over calls of H_out·W_out (the factor every per-pixel cost is multiplied by)."""
+        return sum(out[-1] * out[-2] for _, out in self.calls if len(out) >= 2)
+
+
+def dense_cost(site: ConvSite) -> Cost:
+    """Standard conv: params (C/g)·Kh·Kw·M (+M bias); MACs (C/g)·Kh·Kw·M·H'·W' per call."""
+    conv = site.conv
+    weight_params = conv.weight.numel()
+    bias = conv.bias.numel() if getattr(conv, "bias", None) is not None else 0
+    return Cost(params=weight_params + bias, macs=weight_params * site.output_pixels())
+
+
+def plain_conv2d_reason(conv: nn.Module) -> str | None:
+    """Why ``conv`` is not a plain, trainable 2-D convolution a form can take, or None."""
+    if isinstance(conv, nn.ConvTranspose2d):
+        return "transposed convolution: not rewritten"
+    if not isinstance(conv, nn.Conv2d):
+        return f"{type(conv).__name__} is not a 2-D convolution"
+    if conv.weight.dim() != 4:
+        return "weight is not 4-D"
+    return None
+
+
+class Form:
+    """Base class of a conversion form. Subclasses set ``name`` and implement the four methods."""
+
+    name: str = ""
+    summary: str = ""
+
+    def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
+        """Turn user options into this conv's concrete setting (policy; the planner may override it)."""
+        raise NotImplementedError
+
+    def supports(self, site: ConvSite, setting: dict[str, Any]) -> str | None:
+        """None when the form can and should take ``site`` at ``setting``, else the reason it skips it."""
+        raise NotImplementedError
+
+    def cost(self, site: ConvSite, setting: dict[str, Any]) -> Cost:
+        raise NotImplementedError
+
+    def convert(self, conv: nn.Conv2d, setting: dict[str, Any]) -> nn.Module:
+        """Pure: build the replacement module from the trained ``conv``; ``conv`` is left untouched."""
+        raise NotImplementedError
+
+    def weight_error(self, conv: nn.Conv2d, setting: dict[str, Any]) -> float | None:
+        """‖W − W_approx‖ / ‖W‖ of the replacement's effective kernel, when the form defines one."""
+        return None
+
+    def finalize(self, module: nn.Module, decisions: list, notes: list[str]) -> nn.Module:
+        """Graph-level work after this form's convs were swapped in (e.g. folding channel permutations or
+        cancelling split/merge pairs). Gets and returns the whole (copied) model; appends report notes."""
+        return module

@@ -1,0 +1,189 @@
+r"""Depthwise-separable form: a KhxKw conv C→M becomes T depthwise KhxKw filters per input channel and a
+1x1 pointwise conv C·T→M (Network Decoupling, Guo et al. 2018).
+
+Math. For each input channel c, reshape that channel's slice of the weight to a matrix
+A_c = W[:, c] ∈ R^{M × (Kh·Kw)} and take its SVD A_c = U Σ Vᵀ. Keeping the top T terms,
+
+    W[m, c] ≈ Σ_t  P[m, c, t] · D[c, t],   D[c, t] = √σ_t · V[:, t] (a Kh×Kw filter),
+                                           P[m, c, t] = √σ_t · U[m, t]   (singular values split evenly),
+
+so y_m = Σ_c Σ_t P[m,c,t] · (D[c,t] ⋆ x_c): a depthwise conv with T filters per channel followed by a 1x1
+conv over the C·T responses. At T = min(M, Kh·Kw) the factorisation is exact. Kept energy of a layer at
+rank T is Σ_c Σ_{t<T} σ_{c,t}² / ‖W‖²; the relative weight error is the square root of what is dropped.
+
+Cost per output pixel: depthwise C·T·Kh·Kw + pointwise C·T·M MACs, against C·Kh·Kw·M for the dense conv,
+i.e. a ratio T·(1/M + 1/(Kh·Kw)). Stride, padding (ints, 'same', padding modes) and dilation go on the
+depthwise part; the bias goes on the pointwise part.
+
+Emission. ONNX Runtime's fast CPU path (NCHWc) takes plain depthwise convs (one filter per channel) but
+not a channel multiplier T > 1, which runs slower than the dense conv it replaces. For T > 1 the T filters
+of a channel therefore run as one plain depthwise conv over the input repeated T times (``repeat``) or as
+T depthwise convs concatenated (``concat``); both feed the same pointwise weight.
+
+Example:
+    >>> conv = nn.Conv2d(16, 32, 3, padding=1)
+    >>> sep = convert_dwsep(conv, rank=9)          # full rank: exact
+    >>> x = torch.randn(2, 16, 8, 8)
+    >>> torch.allclose(sep(x), conv(x), atol=1e-5)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convslim.convert import register_form
+from convslim.convert.base import ConvSite, Cost, Form, plain_conv2d_reason
+from convslim.errors import UsageError
+
+EMISSIONS = ("repeat", "concat")
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """Plain depthwise conv(s) with T filters per input channel, then a 1x1 pointwise conv C·T→M.
+
+    ``depthwise.weight`` has shape (T·C, 1, Kh, Kw) in t-major order: channel t·C + c is filter t of input
+    channel c, which is the order of ``x.repeat(1, T, 1, 1)`` and of concatenating the T responses.
+    """
+
+    def __init__(self, depthwise: nn.Conv2d, pointwise: nn.Conv2d, rank: int, emission: str = "repeat"):
+        super().__init__()
+        if emission not in EMISSIONS:
+            raise ValueError(f"emission must be one of {EMISSIONS}, got {emission!r}")
+        self.depthwise = depthwise
+        self.pointwise = pointwise
+        self.rank = rank
+        self.emission = emission
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rank == 1:
+            return self.pointwise(self.depthwise(x))
+        if self.emission == "repeat":
+            return self.pointwise(self.depthwise(x.repeat(1, self.rank, 1, 1)))
+        channels = x.shape[1]
+        weights = self.depthwise.weight.split(channels, dim=0)
+        responses = [self._depthwise_slice(x, w, channels) for w in weights]
+        return self.pointwise(torch.cat(responses, dim=1))
+
+    def _depthwise_slice(self, x: torch.Tensor, weight: torch.Tensor, channels: int) -> torch.Tensor:
+        dw = self.depthwise
+        if dw.padding_mode != "zeros":
+            x = F.pad(x, dw._reversed_padding_repeated_twice, mode=dw.padding_mode)
+            padding = 0
+        else:
+            padding = dw.padding
+        return F.conv2d(x, weight, None, dw.stride, padding, dw.dilation, channels)
+
+
+def channel_spectra(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched SVD of W[:, c] reshaped M × (Kh·Kw) for every input channel c: (U, S, Vh) with a leading C axis."""
+    out_ch, in_ch, kh, kw = weight.shape
+    mats = weight.detach().double().permute(1, 0, 2, 3).reshape(in_ch, out_ch, kh * kw)
+    return torch.linalg.svd(mats, full_matrices=False)
+
+
+def rank_for_energy(weight: torch.Tensor, energy: float) -> int:
+    """Smallest T whose kept energy Σ_c Σ_{t<T} σ_{c,t}² is at least ``energy`` of ‖W‖²."""
+    _, s, _ = channel_spectra(weight)
+    per_rank = (s**2).sum(dim=0)
+    kept = per_rank.cumsum(0) / per_rank.sum().clamp_min(1e-30)
+    return int((kept < energy - 1e-12).sum().item()) + 1 if kept.numel() else 1
+
+
+def convert_dwsep(conv: nn.Conv2d, rank: int, emission: str = "repeat") -> DepthwiseSeparableConv:
+    """Pure function: the rank-``rank`` depthwise-separable replacement of a groups=1 ``conv``."""
+    out_ch, in_ch, kh, kw = conv.weight.shape
+    rank = min(rank, out_ch, kh * kw)
+    u, s, vh = channel_spectra(conv.weight)
+    root = s[:, :rank].sqrt()  # (C, T)
+    filters = (vh[:, :rank, :] * root[:, :, None]).reshape(in_ch, rank, kh, kw)
+    mix = u[:, :, :rank] * root[:, None, :]  # (C, M, T)
+    dtype, device = conv.weight.dtype, conv.weight.device
+
+    depthwise = nn.Conv2d(
+        in_ch * rank,
+        in_ch * rank,
+        (kh, kw),
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=in_ch * rank,
+        bias=False,
+        padding_mode=conv.padding_mode,
+    ).to(device=device, dtype=dtype)
+    pointwise = nn.Conv2d(in_ch * rank, out_ch, 1, bias=conv.bias is not None).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        # t-major channel order: index t·C + c
+        depthwise.weight.copy_(filters.permute(1, 0, 2, 3).reshape(rank * in_ch, 1, kh, kw))
+        pointwise.weight.copy_(mix.permute(1, 2, 0).reshape(out_ch, rank * in_ch, 1, 1))
+        if conv.bias is not None:
+            pointwise.bias.copy_(conv.bias)
+    return DepthwiseSeparableConv(depthwise, pointwise, rank, emission)
+
+
+def dwsep_weight_error(weight: torch.Tensor, rank: int) -> float:
+    _, s, _ = channel_spectra(weight)
+    total = (s**2).sum()
+    dropped = (s[:, rank:] ** 2).sum()
+    return float((dropped / total.clamp_min(1e-30)).sqrt())
+
+
+class DwsepForm(Form):
+    name = "dwsep"
+    summary = "depthwise KxK + pointwise 1x1, rank-T per-input-channel SVD"
+
+    def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
+        energy = options.get("energy")
+        if energy is not None:
+            if not 0 < energy <= 1:
+                raise UsageError(f"--energy must be in (0, 1], got {energy}")
+            reason = plain_conv2d_reason(site.conv)
+            rank = 1 if reason else rank_for_energy(site.conv.weight, energy)
+        else:
+            rank = options.get("rank") or 1
+            if not float(rank).is_integer() or rank < 1:
+                raise UsageError(f"--rank for dwsep must be a whole number ≥ 1, got {rank}")
+            rank = int(rank)
+        return {"rank": rank, "emission": options.get("emission") or "repeat"}
+
+    def supports(self, site: ConvSite, setting: dict[str, Any]) -> str | None:
+        conv = site.conv
+        reason = plain_conv2d_reason(conv)
+        if reason:
+            return reason
+        out_ch, in_per_group, kh, kw = conv.weight.shape
+        if conv.groups == conv.in_channels and in_per_group == 1:
+            return "already depthwise"
+        if conv.groups != 1:
+            return f"grouped conv (groups={conv.groups}): dwsep takes groups=1 convs only"
+        if kh * kw == 1:
+            return "1x1 kernel: already pointwise, nothing to separate"
+        before, after = _dense_macs(site), self.cost(site, setting).macs
+        if after >= before:
+            return f"no saving at rank {setting['rank']}: {after:,} MACs vs {before:,} dense"
+        return None
+
+    def cost(self, site: ConvSite, setting: dict[str, Any]) -> Cost:
+        conv = site.conv
+        out_ch, in_ch, kh, kw = conv.weight.shape
+        rank = min(setting["rank"], out_ch, kh * kw)
+        per_pixel = in_ch * rank * (kh * kw + out_ch)
+        bias = out_ch if conv.bias is not None else 0
+        return Cost(params=per_pixel + bias, macs=per_pixel * site.output_pixels())
+
+    def convert(self, conv: nn.Conv2d, setting: dict[str, Any]) -> nn.Module:
+        return convert_dwsep(conv, setting["rank"], setting.get("emission", "repeat"))
+
+    def weight_error(self, conv: nn.Conv2d, setting: dict[str, Any]) -> float | None:
+        return dwsep_weight_error(conv.weight, setting["rank"])
+
+
+def _dense_macs(site: ConvSite) -> int:
+    return site.conv.weight.numel() * site.output_pixels()
+
+
+register_form(DwsepForm())

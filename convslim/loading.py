@@ -1,0 +1,204 @@
+"""Loading a trained model without running code the user did not ask to run.
+
+Accepted inputs:
+- a state_dict file (``torch.save(model.state_dict())``, also wrapped as ``{"state_dict": ...}`` or
+  ``{"model": ...}``, with ``module.`` prefixes from DataParallel) plus an architecture ``module.path:factory``;
+- a ``torch.export`` archive (``.pt2``);
+- a pickled whole module (``torch.save(model)``) only with ``trust_pickle=True``, since unpickling runs code.
+TorchScript archives are refused: their compiled graph cannot be rewritten.
+
+Example:
+    >>> model = load_model("resnet20.th", arch="convslim.models:resnet20")
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import pickle
+import sys
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from convslim.errors import ModelLoadError, UsageError
+
+STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+
+
+def load_model(
+    path: str | Path,
+    arch: str | None = None,
+    arch_kwargs: str | dict | None = None,
+    import_paths: tuple[str, ...] = (),
+    trust_pickle: bool = False,
+    device: str = "cpu",
+) -> nn.Module:
+    """Load ``path`` as an eval-mode ``nn.Module`` on ``device``; every failure is a one-line ``ModelLoadError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    kind = _archive_kind(path)
+    if kind == "torchscript":
+        raise ModelLoadError(
+            f"{path} is a TorchScript archive, whose compiled graph cannot be rewritten; save the model's "
+            "state_dict (torch.save(model.state_dict(), ...)) and pass --arch, or export it with torch.export (.pt2)"
+        )
+    if kind == "export":
+        return _load_exported(path, device)
+    obj = _load_weights_only(path, device, trust_pickle)
+    if isinstance(obj, nn.Module):
+        return obj.to(device).eval()
+    state = _unwrap_state_dict(obj, path)
+    if arch is None:
+        raise ModelLoadError(f"{path} holds a state_dict: pass --arch module.path:factory to build the model")
+    model = build_arch(arch, arch_kwargs, import_paths)
+    _load_state(model, state, path, arch)
+    return model.to(device).eval()
+
+
+def _archive_kind(path: Path) -> str:
+    if not zipfile.is_zipfile(path):
+        return "legacy"
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "legacy"
+    if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
+        return "export"
+    if any("/code/__torch__" in n for n in names) or any(n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    return "pickle"
+
+
+def _load_exported(path: Path, device: str) -> nn.Module:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: cannot read the torch.export archive ({_short(exc)})") from None
+    return program.module().to(device)
+
+
+def _load_weights_only(path: Path, device: str, trust_pickle: bool):
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise ModelLoadError(f"{path}: not a readable PyTorch file ({_short(exc)})") from None
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"{path} holds a pickled module, and unpickling runs arbitrary code: save a state_dict and pass "
+                "--arch, or re-run with --trust-pickle if you trust where the file came from"
+            ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise ModelLoadError(
+            f"{path}: not a readable PyTorch file, truncated or corrupt ({_short(exc)})"
+        ) from None
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: could not unpickle the module ({_short(exc)})") from None
+
+
+def _unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, Mapping):
+        raise ModelLoadError(f"{path} holds a {type(obj).__name__}, neither a state_dict nor a module")
+    for key in STATE_DICT_WRAPPER_KEYS:
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelLoadError(f"{path} holds a dict without tensors; expected a state_dict")
+    return {k.removeprefix("module."): v for k, v in tensors.items()}
+
+
+def build_arch(
+    arch: str, arch_kwargs: str | dict | None = None, import_paths: tuple[str, ...] = ()
+) -> nn.Module:
+    """Build the model from ``module.path:factory`` or ``file.py:factory`` with keyword arguments."""
+    module_name, sep, attr = arch.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"--arch {arch!r}: expected module.path:factory, e.g. convslim.models:resnet20")
+    kwargs = _parse_kwargs(arch_kwargs)
+    for directory in import_paths:
+        if directory not in sys.path:
+            sys.path.insert(0, str(Path(directory).resolve()))
+    module = _import(module_name)
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise UsageError(f"--arch {arch!r}: {module_name} has no attribute {attr!r}")
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise UsageError(
+            f"--arch {arch!r}: calling it with {kwargs} failed ({exc}); check --arch-kwargs"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--arch {arch!r} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _import(module_name: str):
+    if module_name.endswith(".py"):
+        file = Path(module_name)
+        if not file.is_file():
+            raise UsageError(f"--arch: {file} does not exist")
+        spec = importlib.util.spec_from_file_location(file.stem, file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(
+            f"--arch: cannot import {module_name} ({exc}); add its folder with --import-path"
+        ) from None
+
+
+def _parse_kwargs(arch_kwargs: str | dict | None) -> dict:
+    if arch_kwargs is None or isinstance(arch_kwargs, dict):
+        return dict(arch_kwargs or {})
+    try:
+        kwargs = json.loads(arch_kwargs)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"--arch-kwargs is not valid JSON ({exc.msg}); e.g. '{{\"num_classes\": 10}}'"
+        ) from None
+    if not isinstance(kwargs, dict):
+        raise UsageError("--arch-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
+    return kwargs
+
+
+def _load_state(model: nn.Module, state: dict, path: Path, arch: str) -> None:
+    result = model.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {', '.join(result.missing_keys[:3])}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {', '.join(result.unexpected_keys[:3])}")
+    if problems:
+        raise ModelLoadError(f"{path} does not fit --arch {arch}: {'; '.join(problems)}; check --arch-kwargs")
+
+
+def parse_input_shapes(text: str) -> list[tuple[int, ...]]:
+    """``"1,3,32,32"`` or ``"1,3,32,32;1,10"`` (several inputs) → list of shapes."""
+    shapes = []
+    for part in text.split(";"):
+        try:
+            dims = tuple(int(d) for d in part.replace("x", ",").split(",") if d.strip())
+        except ValueError:
+            raise UsageError(f"--input-shape {text!r}: expected integers like 1,3,32,32") from None
+        if not dims or any(d < 1 for d in dims):
+            raise UsageError(f"--input-shape {text!r}: every dimension must be a positive integer")
+        shapes.append(dims)
+    return shapes
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -1,0 +1,8 @@
+"""torch.fx graph passes. Each pass maps a GraphModule to a GraphModule and leaves its input alone
+unless its name ends in ``_`` (in-place)."""
+
+from convslim.passes.apply_plan import apply_plan
+from convslim.passes.fold_bn import fold_batchnorm
+from convslim.passes.trace import TracedModel, collect_conv_sites, trace_model
+
+__all__ = ["TracedModel", "apply_plan", "collect_conv_sites", "fold_batchnorm", "trace_model"]

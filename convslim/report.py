@@ -1,0 +1,162 @@
+"""The compression report: one dict (``report.json``), the same as Markdown tables (``report.md``), and a short
+terminal summary. Every number in it was computed or measured in this run.
+
+Example:
+    >>> print(report.summary())
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from convslim.plan import Plan
+
+
+@dataclass
+class Report:
+    form: str
+    options: dict[str, Any]
+    trace_mode: str
+    layers: list[dict[str, Any]]
+    totals: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+    batchnorm_folded: int = 0
+    parity: dict[str, Any] = field(default_factory=dict)
+    speed: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    passed: bool | None = None
+
+    @classmethod
+    def from_plan(cls, plan: Plan, trace_mode: str, weight_errors: dict[str, float | None]) -> Report:
+        layers = []
+        for d in plan.layers:
+            layers.append(
+                {
+                    "name": d.name,
+                    "form": d.form,
+                    "setting": d.setting,
+                    "skipped_reason": d.skipped_reason,
+                    "weight_shape": d.weight_shape,
+                    "in_shape": d.in_shape,
+                    "out_shape": d.out_shape,
+                    "params_before": d.params_before,
+                    "params_after": d.params_after,
+                    "macs_before": d.macs_before,
+                    "macs_after": d.macs_after,
+                    "rel_weight_error": weight_errors.get(d.name),
+                }
+            )
+        totals = {
+            k: sum(layer[k] for layer in layers)
+            for k in ("params_before", "params_after", "macs_before", "macs_after")
+        }
+        return cls(form=plan.form, options=plan.options, trace_mode=trace_mode, layers=layers, totals=totals)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        t = self.totals
+        rewritten = sum(1 for layer in self.layers if layer["form"])
+        lines = [
+            f"convslim: {rewritten}/{len(self.layers)} convs rewritten to {self.form} "
+            f"(trace: {self.trace_mode}, BatchNorm folded: {self.batchnorm_folded})",
+            f"  conv MACs {_ratio(t['macs_after'], t['macs_before'])}, conv params "
+            f"{_ratio(t['params_after'], t['params_before'])}",
+        ]
+        if "onnx_vs_torch" in self.parity:
+            p = self.parity["onnx_vs_torch"]
+            mark = "ok" if p["passed"] else "FAILED"
+            lines.append(
+                f"  ONNX vs PyTorch: max abs err {p['max_abs_err']:.2e} (tolerance {p['tolerance']:.2e}) {mark}"
+            )
+        if "compressed_vs_original" in self.parity:
+            c = self.parity["compressed_vs_original"]
+            agree = "" if c["top1_agreement"] is None else f", top-1 agreement {c['top1_agreement']:.1%}"
+            lines.append(
+                f"  compressed vs original: rel L2 {c['rel_l2']:.3f}, cosine {c['cosine']:.4f}{agree}"
+            )
+        for provider, per_batch in self.speed.items():
+            if "skipped" in per_batch:
+                lines.append(f"  {provider}: skipped ({per_batch['skipped']})")
+                continue
+            parts = [f"batch {b}: {v['speedup']:.2f}x" for b, v in per_batch.items()]
+            lines.append(f"  {provider} speedup vs BN-folded original: " + ", ".join(parts))
+        if self.finetune:
+            lines.append(
+                "  fine-tuning: " + ", ".join(f"{k} {v}" for k, v in self.finetune.get("summary", {}).items())
+            )
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        out = [f"# convslim report: `{self.form}`", "", "## Summary", "", "```", self.summary(), "```", ""]
+        out += [
+            "## Layers",
+            "",
+            "| layer | form | setting | in → out | params | MACs | rel. weight err | skipped because |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for layer in self.layers:
+            setting = ", ".join(f"{k}={v}" for k, v in layer["setting"].items()) or "—"
+            shapes = f"{_shape(layer['in_shape'])} → {_shape(layer['out_shape'])}"
+            err = "—" if layer["rel_weight_error"] is None else f"{layer['rel_weight_error']:.3f}"
+            out.append(
+                f"| {layer['name']} | {layer['form'] or '—'} | {setting} | {shapes} | "
+                f"{layer['params_before']:,} → {layer['params_after']:,} | "
+                f"{layer['macs_before']:,} → {layer['macs_after']:,} | {err} | {layer['skipped_reason'] or ''} |"
+            )
+        t = self.totals
+        out.append(
+            f"| **total** | | | | {t['params_before']:,} → {t['params_after']:,} | "
+            f"{t['macs_before']:,} → {t['macs_after']:,} | | |"
+        )
+        out += ["", "## Verification", ""]
+        out += _dict_table(self.parity)
+        for provider, per_batch in self.speed.items():
+            out += ["", f"### Latency: {provider}", ""]
+            if "skipped" in per_batch:
+                out.append(f"skipped: {per_batch['skipped']}")
+                continue
+            out += [
+                "| batch | original ms | compressed ms | speedup | spread (orig / comp) | runs |",
+                "|---|---|---|---|---|---|",
+            ]
+            for batch, v in per_batch.items():
+                out.append(
+                    f"| {batch} | {v['latency_ms_original']:.3f} | {v['latency_ms_compressed']:.3f} | "
+                    f"{v['speedup']:.2f}x | {v['spread_original']:.1%} / {v['spread_compressed']:.1%} | "
+                    f"{v['runs']} |"
+                )
+        if self.finetune:
+            out += ["", "## Fine-tuning", ""] + _dict_table({"finetune": self.finetune})
+        if self.notes:
+            out += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        if self.timings_s:
+            out += ["", "## Time", ""] + [f"- {k}: {v:.1f} s" for k, v in self.timings_s.items()]
+        return "\n".join(out) + "\n"
+
+
+def _ratio(after: int, before: int) -> str:
+    return f"{before:,} → {after:,} ({after / before:.1%})" if before else "n/a"
+
+
+def _shape(shape: list[int]) -> str:
+    return "×".join(map(str, shape)) if shape else "?"
+
+
+def _dict_table(sections: dict[str, Any]) -> list[str]:
+    lines = ["| check | value |", "|---|---|"]
+    for section, values in sections.items():
+        if not isinstance(values, dict):
+            lines.append(f"| {section} | {values} |")
+            continue
+        for key, value in values.items():
+            if isinstance(value, dict):
+                continue
+            shown = f"{value:.4g}" if isinstance(value, float) else value
+            lines.append(f"| {section}.{key} | {shown} |")
+    return lines
