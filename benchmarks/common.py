@@ -1,0 +1,67 @@
+"""Helpers shared by the benchmark scripts: the models they run on and CIFAR data from ../shared/data.
+
+Run benchmarks from the repository root, e.g. ``python benchmarks/bench_dwsep.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convslim.models import load_cifar_resnet, resnet18, resnet50
+from convslim.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+
+SHARED = Path(os.environ.get("CONVSLIM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}
+
+
+def need_shared(name: str) -> Path:
+    path = SHARED / "data" / name
+    if not path.is_file():
+        sys.exit(f"{path} not found: put ../shared beside the repository or set CONVSLIM_SHARED")
+    return path
+
+
+def cifar_model(name: str) -> torch.nn.Module:
+    return load_cifar_resnet(need_shared(CHECKPOINTS[name]))
+
+
+def imagenet_model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return {"resnet18": resnet18, "resnet50": resnet50}[name]().eval()
+
+
+def cifar_arrays(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``split`` is 'train10k' or 'val5k'; returns normalised N×3×32×32 floats and int64 labels."""
+    data = np.load(need_shared(f"cifar10_{split}.npz"))
+    x = torch.from_numpy(data["x"]).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    return (x - mean) / std, torch.from_numpy(data["y"])
+
+
+@torch.no_grad()
+def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    model.eval()
+    preds = torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    return float((preds == y).float().mean())
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)"
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests that need the real checkpoints in ../shared/data skip with a clear message without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = (
+    Path(os.environ.get("CONVSLIM_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "data"
+)
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(
+            f"{path} not found: these tests need ../shared/data beside the repository (set CONVSLIM_SHARED)"
+        )
+    return path
+
+
+@pytest.fixture
+def resnet20_path() -> Path:
+    return shared_file("resnet20-12fca82f.th")
+
+
+@pytest.fixture
+def resnet32_path() -> Path:
+    return shared_file("resnet32-d509ac18.th")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
