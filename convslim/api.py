@@ -25,7 +25,7 @@ from convslim.convert import get_form
 from convslim.convert.base import ConvSite
 from convslim.errors import PlanError, UsageError
 from convslim.passes import apply_plan, collect_conv_sites, fold_batchnorm, trace_model
-from convslim.passes.trace import TracedModel, propagate_shapes_
+from convslim.passes.trace import TracedModel, propagate_shapes_, without_export_guards
 from convslim.plan import Plan, make_plan
 from convslim.report import Report
 from convslim.verify import DEFAULT_RTOL
@@ -68,7 +68,7 @@ def prepare(model: nn.Module, example_inputs, calibration: torch.Tensor | None =
     if not isinstance(model, nn.Module):
         raise UsageError(f"expected an nn.Module, got {type(model).__name__}")
     example_inputs = as_inputs(example_inputs)
-    original = copy.deepcopy(model).eval()
+    original = without_export_guards(copy.deepcopy(model).eval())
     traced = trace_model(original, example_inputs)
     folded = 0
     if traced.mode == "fx":

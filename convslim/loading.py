@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from convslim.errors import ModelLoadError, UsageError
+from convslim.passes.trace import without_export_guards
 
 STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
@@ -80,7 +81,7 @@ def _load_exported(path: Path, device: str) -> nn.Module:
         program = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"{path}: cannot read the torch.export archive ({_short(exc)})") from None
-    return program.module().to(device)
+    return without_export_guards(program.module()).to(device).eval()
 
 
 def _load_weights_only(path: Path, device: str, trust_pickle: bool):

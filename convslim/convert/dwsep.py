@@ -16,9 +16,12 @@ i.e. a ratio T·(1/M + 1/(Kh·Kw)). Stride, padding (ints, 'same', padding modes
 depthwise part; the bias goes on the pointwise part.
 
 Emission. ONNX Runtime's fast CPU path (NCHWc) takes plain depthwise convs (one filter per channel) but
-not a channel multiplier T > 1, which runs slower than the dense conv it replaces. For T > 1 the T filters
-of a channel therefore run as one plain depthwise conv over the input repeated T times (``repeat``) or as
-T depthwise convs concatenated (``concat``); both feed the same pointwise weight.
+not a channel multiplier T > 1, which runs 1.3–2.4× slower than the dense conv it replaces. So rank t runs as
+its own plain depthwise conv D_t and 1x1 conv P_t, and the T branches are summed (``sum``, the default: ORT
+fuses the adds into the convs), or the T depthwise responses are concatenated into one 1x1 conv (``concat``).
+Measured on ORT 1.32 CPU, batch 32, 16→16 at 32×32, T = 2: ``sum`` 0.67× the dense time, ``concat`` 0.85×,
+channel multiplier 1.86×; feeding ``x.repeat(1, T, 1, 1)`` to one depthwise conv 1.00× (the copy runs outside
+the blocked layout).
 
 Example:
     >>> conv = nn.Conv2d(16, 32, 3, padding=1)
@@ -33,50 +36,38 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from convslim.convert import register_form
 from convslim.convert.base import ConvSite, Cost, Form, plain_conv2d_reason
 from convslim.errors import UsageError
 
-EMISSIONS = ("repeat", "concat")
+EMISSIONS = ("sum", "concat")
 
 
 class DepthwiseSeparableConv(nn.Module):
-    """Plain depthwise conv(s) with T filters per input channel, then a 1x1 pointwise conv C·T→M.
+    """T branches of (plain depthwise conv → 1x1 conv C→M), summed; or T depthwise convs concatenated into one
+    1x1 conv C·T→M (``emission="concat"``). At T = 1 both are one depthwise conv and one pointwise conv."""
 
-    ``depthwise.weight`` has shape (T·C, 1, Kh, Kw) in t-major order: channel t·C + c is filter t of input
-    channel c, which is the order of ``x.repeat(1, T, 1, 1)`` and of concatenating the T responses.
-    """
-
-    def __init__(self, depthwise: nn.Conv2d, pointwise: nn.Conv2d, rank: int, emission: str = "repeat"):
+    def __init__(self, depthwise: list[nn.Conv2d], pointwise: list[nn.Conv2d], emission: str = "sum"):
         super().__init__()
         if emission not in EMISSIONS:
             raise ValueError(f"emission must be one of {EMISSIONS}, got {emission!r}")
-        self.depthwise = depthwise
-        self.pointwise = pointwise
-        self.rank = rank
+        self.depthwise = nn.ModuleList(depthwise)
+        self.pointwise = nn.ModuleList(pointwise)
         self.emission = emission
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rank == 1:
-            return self.pointwise(self.depthwise(x))
-        if self.emission == "repeat":
-            return self.pointwise(self.depthwise(x.repeat(1, self.rank, 1, 1)))
-        channels = x.shape[1]
-        weights = self.depthwise.weight.split(channels, dim=0)
-        responses = [self._depthwise_slice(x, w, channels) for w in weights]
-        return self.pointwise(torch.cat(responses, dim=1))
+    @property
+    def rank(self) -> int:
+        return len(self.depthwise)
 
-    def _depthwise_slice(self, x: torch.Tensor, weight: torch.Tensor, channels: int) -> torch.Tensor:
-        dw = self.depthwise
-        if dw.padding_mode != "zeros":
-            x = F.pad(x, dw._reversed_padding_repeated_twice, mode=dw.padding_mode)
-            padding = 0
-        else:
-            padding = dw.padding
-        return F.conv2d(x, weight, None, dw.stride, padding, dw.dilation, channels)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.emission == "concat":
+            return self.pointwise[0](torch.cat([dw(x) for dw in self.depthwise], dim=1))
+        out = self.pointwise[0](self.depthwise[0](x))
+        for dw, pw in zip(self.depthwise[1:], self.pointwise[1:], strict=True):
+            out = out + pw(dw(x))
+        return out
 
 
 def channel_spectra(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -94,35 +85,47 @@ def rank_for_energy(weight: torch.Tensor, energy: float) -> int:
     return int((kept < energy - 1e-12).sum().item()) + 1 if kept.numel() else 1
 
 
-def convert_dwsep(conv: nn.Conv2d, rank: int, emission: str = "repeat") -> DepthwiseSeparableConv:
+def convert_dwsep(conv: nn.Conv2d, rank: int, emission: str = "sum") -> DepthwiseSeparableConv:
     """Pure function: the rank-``rank`` depthwise-separable replacement of a groups=1 ``conv``."""
     out_ch, in_ch, kh, kw = conv.weight.shape
     rank = min(rank, out_ch, kh * kw)
     u, s, vh = channel_spectra(conv.weight)
     root = s[:, :rank].sqrt()  # (C, T)
-    filters = (vh[:, :rank, :] * root[:, :, None]).reshape(in_ch, rank, kh, kw)
-    mix = u[:, :, :rank] * root[:, None, :]  # (C, M, T)
-    dtype, device = conv.weight.dtype, conv.weight.device
+    filters = (vh[:, :rank, :] * root[:, :, None]).reshape(in_ch, rank, kh, kw)  # D[c, t]
+    mix = u[:, :, :rank] * root[:, None, :]  # P[c, m, t]
+    like = {"device": conv.weight.device, "dtype": conv.weight.dtype}
+    has_bias = conv.bias is not None
 
-    depthwise = nn.Conv2d(
-        in_ch * rank,
-        in_ch * rank,
-        (kh, kw),
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=in_ch * rank,
-        bias=False,
-        padding_mode=conv.padding_mode,
-    ).to(device=device, dtype=dtype)
-    pointwise = nn.Conv2d(in_ch * rank, out_ch, 1, bias=conv.bias is not None).to(device=device, dtype=dtype)
-    with torch.no_grad():
-        # t-major channel order: index t·C + c
-        depthwise.weight.copy_(filters.permute(1, 0, 2, 3).reshape(rank * in_ch, 1, kh, kw))
-        pointwise.weight.copy_(mix.permute(1, 2, 0).reshape(out_ch, rank * in_ch, 1, 1))
-        if conv.bias is not None:
-            pointwise.bias.copy_(conv.bias)
-    return DepthwiseSeparableConv(depthwise, pointwise, rank, emission)
+    def depthwise(t: int) -> nn.Conv2d:
+        dw = nn.Conv2d(
+            in_ch,
+            in_ch,
+            (kh, kw),
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=in_ch,
+            bias=False,
+            padding_mode=conv.padding_mode,
+        ).to(**like)
+        with torch.no_grad():
+            dw.weight.copy_(filters[:, t].unsqueeze(1))
+        return dw
+
+    def pointwise(weight: torch.Tensor, bias: bool) -> nn.Conv2d:
+        pw = nn.Conv2d(weight.shape[1], out_ch, 1, bias=bias).to(**like)
+        with torch.no_grad():
+            pw.weight.copy_(weight.reshape(out_ch, -1, 1, 1))
+            if bias:
+                pw.bias.copy_(conv.bias)
+        return pw
+
+    depthwise_convs = [depthwise(t) for t in range(rank)]
+    if emission == "concat":  # input channel t·C + c of the single 1x1 conv is filter t of channel c
+        pointwise_convs = [pointwise(mix.permute(1, 2, 0).reshape(out_ch, rank * in_ch), has_bias)]
+    else:
+        pointwise_convs = [pointwise(mix[:, :, t].T, has_bias and t == 0) for t in range(rank)]
+    return DepthwiseSeparableConv(depthwise_convs, pointwise_convs, emission)
 
 
 def dwsep_weight_error(weight: torch.Tensor, rank: int) -> float:
@@ -144,11 +147,12 @@ class DwsepForm(Form):
             reason = plain_conv2d_reason(site.conv)
             rank = 1 if reason else rank_for_energy(site.conv.weight, energy)
         else:
-            rank = options.get("rank") or 1
+            rank = options.get("rank")
+            rank = 1 if rank is None else rank
             if not float(rank).is_integer() or rank < 1:
                 raise UsageError(f"--rank for dwsep must be a whole number ≥ 1, got {rank}")
             rank = int(rank)
-        return {"rank": rank, "emission": options.get("emission") or "repeat"}
+        return {"rank": rank, "emission": options.get("emission") or "sum"}
 
     def supports(self, site: ConvSite, setting: dict[str, Any]) -> str | None:
         conv = site.conv
@@ -176,7 +180,7 @@ class DwsepForm(Form):
         return Cost(params=per_pixel + bias, macs=per_pixel * site.output_pixels())
 
     def convert(self, conv: nn.Conv2d, setting: dict[str, Any]) -> nn.Module:
-        return convert_dwsep(conv, setting["rank"], setting.get("emission", "repeat"))
+        return convert_dwsep(conv, setting["rank"], setting.get("emission", "sum"))
 
     def weight_error(self, conv: nn.Conv2d, setting: dict[str, Any]) -> float | None:
         return dwsep_weight_error(conv.weight, setting["rank"])

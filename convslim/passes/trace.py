@@ -28,6 +28,8 @@ from convslim.convert.base import ConvSite
 from convslim.errors import UsageError
 
 FUNCTIONAL_CONVS = (F.conv2d, torch.conv2d, torch.ops.aten.conv2d.default)
+# aten/torch order: (input, weight, bias, running_mean, running_var, training, momentum, eps, ...)
+ATEN_BATCH_NORMS = (torch.ops.aten.batch_norm.default, torch.batch_norm)
 
 
 @dataclass
@@ -49,7 +51,7 @@ class TracedModel:
 
 def trace_model(model: nn.Module, example_inputs: tuple) -> TracedModel:
     """Copy, trace and shape-propagate ``model``; fall back to a module copy when tracing fails."""
-    work = copy.deepcopy(model).eval()
+    work = without_export_guards(copy.deepcopy(model).eval())
     try:
         gm = fx.symbolic_trace(work)
     except Exception as exc:  # noqa: BLE001  (any trace failure means: use the fallback)
@@ -62,19 +64,37 @@ def trace_model(model: nn.Module, example_inputs: tuple) -> TracedModel:
         return TracedModel(work, example_inputs, "module-swap", notes=[note])
     traced = TracedModel(gm, example_inputs, "fx")
     modularize_functional_convs_(traced)
+    modularize_functional_batchnorms_(traced)
     propagate_shapes_(traced)
     return traced
+
+
+def without_export_guards(module: nn.Module) -> nn.Module:
+    """A ``torch.export`` module carries shape guards (e.g. batch == 2) that pin the shapes of that one export;
+    return an equivalent GraphModule without them, since the rewritten model is exported again with a dynamic
+    batch. Other modules are returned as they are."""
+    if not hasattr(module, "_guards_fn") and not any(
+        getattr(h, "__name__", "") == "_check_input_constraints_pre_hook"
+        for h in module._forward_pre_hooks.values()
+    ):
+        return module
+    gm = fx.symbolic_trace(module)
+    for node in list(gm.graph.nodes):
+        is_assert = node.op == "call_function" and node.target is torch._assert and len(node.args) > 1
+        if (is_assert and str(node.args[1]).startswith("Guard failed")) or node.target == "_guards_fn":
+            gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
 
 
 def propagate_shapes_(traced: TracedModel) -> None:
     """Run ShapeProp on the traced graph (in place: it only writes ``node.meta``)."""
     if traced.mode != "fx":
         return
+    _check_runs(traced.graph_module, traced.example_inputs)  # a clean one-line error before ShapeProp's own
     with torch.no_grad():
-        try:
-            ShapeProp(traced.graph_module).propagate(*traced.example_inputs)
-        except Exception as exc:  # noqa: BLE001
-            raise UsageError(_input_mismatch_message(traced.example_inputs, exc)) from None
+        ShapeProp(traced.graph_module).propagate(*traced.example_inputs)
 
 
 def _check_runs(module: nn.Module, example_inputs: tuple) -> None:
@@ -105,14 +125,72 @@ def modularize_functional_convs_(traced: TracedModel) -> None:
         if conv is None:
             traced.unconvertible[node.name] = reason
             continue
-        name = _free_name(gm, f"{node.name}_conv")
-        gm.add_submodule(name, conv)
-        with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(name, (node.args[0],))
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
+        _replace_with_module(gm, node, conv, _owner_name(gm, node.args[1], node.name))
+    _drop_unused_attrs(gm)
+
+
+def modularize_functional_batchnorms_(traced: TracedModel) -> None:
+    """Turn eval-mode ``aten.batch_norm`` nodes with parameter statistics (as ``torch.export`` leaves them)
+    into ``nn.BatchNorm2d`` modules, so they can be folded like module BatchNorms."""
+    gm = traced.graph_module
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in ATEN_BATCH_NORMS or len(node.args) < 8:
+            continue
+        x, weight, bias, mean, var, training, _, eps = node.args[:8]
+        tensors = (weight, bias, mean, var)
+        if training or not all(isinstance(t, fx.Node) and t.op == "get_attr" for t in tensors):
+            continue
+        weight, bias, mean, var = (_fetch_attr(gm, t.target) for t in tensors)
+        bn = nn.BatchNorm2d(mean.numel(), eps=float(eps)).to(mean.device, mean.dtype).eval()
+        with torch.no_grad():
+            for dst, src in (
+                (bn.weight, weight),
+                (bn.bias, bias),
+                (bn.running_mean, mean),
+                (bn.running_var, var),
+            ):
+                dst.copy_(src)
+        _replace_with_module(gm, node, bn, _owner_name(gm, node.args[3], node.name))
+    _drop_unused_attrs(gm)
+
+
+def _drop_unused_attrs(gm: fx.GraphModule) -> None:
+    # get_attr nodes of the statistics we moved into modules would otherwise dangle once BN is folded away
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
+
+
+def _replace_with_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, name: str) -> None:
+    _set_or_add_submodule(gm, name, module)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(name, (node.args[0],))
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+
+
+def _owner_name(gm: fx.GraphModule, attr_node: fx.Node, fallback: str) -> str:
+    """``layer1.0.conv1`` for a weight at ``layer1.0.conv1.weight`` when that owner holds nothing else we'd lose
+    (as in ``torch.export`` modules), so the report uses the user's layer names; else a fresh name."""
+    owner, _, _ = attr_node.target.rpartition(".")
+    try:
+        module = gm.get_submodule(owner) if owner else None
+    except AttributeError:
+        module = None
+    if module is not None and type(module) is nn.Module and not list(module.children()):
+        return owner
+    return _free_name(gm, f"{fallback}_module")
+
+
+def _set_or_add_submodule(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    if child in parent._modules:
+        parent._modules[child] = module
+    else:
+        gm.add_submodule(name, module)
 
 
 def _conv_from_functional(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Conv2d | None, str]:

@@ -1,0 +1,88 @@
+"""Python API: the input model is never touched; plan → apply → save → reload round-trips exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import convslim
+from convslim.errors import PlanError
+from convslim.models import resnet20
+from convslim.plan import Plan
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    m = resnet20()
+    for bn in (mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)):
+        torch.nn.init.uniform_(bn.running_mean, -0.2, 0.2)
+        torch.nn.init.uniform_(bn.running_var, 0.5, 1.5)
+    return m.train()  # a model left in training mode must come back in training mode
+
+
+def test_input_model_is_never_mutated(model):
+    before = copy.deepcopy(model.state_dict())
+    convslim.compress(model, torch.randn(1, 3, 32, 32), rank=1, verify=False)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(type(m).__name__ != "DepthwiseSeparableConv" for m in model.modules())
+
+
+def test_plan_inspect_then_apply(model):
+    x = torch.randn(2, 3, 32, 32)
+    plan = convslim.plan(model, x, to="dwsep", rank=2, exclude=["conv1"])
+    decisions = {d.name: d for d in plan.layers}
+    assert decisions["conv1"].form is None and decisions["conv1"].skipped_reason == "excluded by --exclude"
+    assert decisions["layer1.0.conv1"].setting["rank"] == 2
+    compressed = convslim.apply(model, plan, x)
+    assert type(compressed.get_submodule("layer1.0.conv1")).__name__ == "DepthwiseSeparableConv"
+    assert type(compressed.get_submodule("conv1")).__name__ == "Conv2d"
+
+
+def test_plan_json_round_trip_applies_identically(model):
+    x = torch.randn(2, 3, 32, 32)
+    plan = convslim.plan(model, x, to="dwsep", energy=0.6)
+    again = Plan.from_json(plan.to_json())
+    a, b = convslim.apply(model, plan, x), convslim.apply(model, again, x)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+def test_plan_for_another_model_is_refused(model):
+    x = torch.randn(1, 3, 32, 32)
+    plan = convslim.plan(model, x, rank=1)
+    plan.layers[3].name = "layer9.conv"
+    with pytest.raises(PlanError, match="layer9.conv"):
+        convslim.apply(model, plan, x)
+
+
+def test_not_a_plan():
+    with pytest.raises(PlanError, match="not a convslim plan"):
+        Plan.from_json('{"hello": 1}')
+
+
+def test_outputs_reload_without_pickle(model, tmp_path):
+    x = torch.randn(1, 3, 32, 32)
+    result = convslim.compress(model, x, rank=1, out_dir=tmp_path / "out", measure_speed=False)
+    assert result.report.passed
+    reloaded = convslim.load_compressed(resnet20(), x, tmp_path / "out")
+    program = torch.export.load(str(tmp_path / "out" / "compressed.pt2"))
+    xs = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(xs), result.model(xs))
+        torch.testing.assert_close(program.module()(xs), result.model(xs))
+
+
+def test_failure_leaves_no_output_folder(model, tmp_path, monkeypatch):
+    import convslim.pipeline as pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pipeline, "write_report", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        convslim.compress(model, torch.randn(1, 3, 32, 32), out_dir=tmp_path / "out", measure_speed=False)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,172 @@
+"""CLI: end to end on the real ResNet-20, and bad inputs → exit 2, one clear line, no output folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from convslim.cli import main
+from convslim.models import resnet20
+
+ARCH = ["--arch", "convslim.models:resnet20", "--input-shape", "1,3,32,32"]
+
+
+@pytest.fixture
+def state_dict_file(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "r20.pt"
+    torch.save(resnet20().state_dict(), path)
+    return path
+
+
+def _fails_cleanly(capsys, argv, out_dir, message):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2  # usage line at most, then one error line
+    assert not out_dir.exists()
+
+
+def test_missing_file(tmp_path, capsys):
+    out = tmp_path / "out"
+    _fails_cleanly(
+        capsys, ["compress", str(tmp_path / "nope.pt"), *ARCH, "--out", str(out)], out, "no such file"
+    )
+
+
+def test_truncated_file(tmp_path, capsys, state_dict_file):
+    state_dict_file.write_bytes(state_dict_file.read_bytes()[:3000])
+    out = tmp_path / "out"
+    _fails_cleanly(capsys, ["compress", str(state_dict_file), *ARCH, "--out", str(out)], out, "corrupt")
+
+
+def test_torchscript_archive(tmp_path, capsys):
+    path = tmp_path / "ts.pt"
+    torch.jit.script(resnet20().eval()).save(str(path))
+    out = tmp_path / "out"
+    _fails_cleanly(
+        capsys, ["compress", str(path), "--input-shape", "1,3,32,32", "--out", str(out)], out, "TorchScript"
+    )
+
+
+def test_pickle_without_trust(tmp_path, capsys):
+    path = tmp_path / "whole.pt"
+    torch.save(resnet20(), path)
+    out = tmp_path / "out"
+    _fails_cleanly(
+        capsys,
+        ["compress", str(path), "--input-shape", "1,3,32,32", "--out", str(out)],
+        out,
+        "--trust-pickle",
+    )
+
+
+@pytest.mark.parametrize("shape", ["1,3,32", "1,4,32,32", "1,3,x,32"])
+def test_wrong_input_shape(tmp_path, capsys, state_dict_file, shape):
+    out = tmp_path / "out"
+    argv = [
+        "compress",
+        str(state_dict_file),
+        "--arch",
+        "convslim.models:resnet20",
+        "--input-shape",
+        shape,
+        "--out",
+        str(out),
+    ]
+    _fails_cleanly(capsys, argv, out, "--input-shape")
+
+
+def test_unknown_form(tmp_path, capsys, state_dict_file):
+    out = tmp_path / "out"
+    _fails_cleanly(
+        capsys,
+        ["compress", str(state_dict_file), *ARCH, "--to", "magic", "--out", str(out)],
+        out,
+        "unknown form 'magic'",
+    )
+
+
+def test_output_folder_with_files_needs_overwrite(tmp_path, capsys, state_dict_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["compress", str(state_dict_file), *ARCH, "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_output_over_input_is_refused(tmp_path, capsys, state_dict_file):
+    assert main(["compress", str(state_dict_file), *ARCH, "--out", str(state_dict_file)]) == 2
+    assert "overwrite the input" in capsys.readouterr().err
+    assert state_dict_file.stat().st_size > 1000
+
+
+def test_inspect_lists_every_conv_without_writing(tmp_path, capsys, state_dict_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", str(state_dict_file), *ARCH, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 19 and rows[1]["macs"] == 16 * 9 * 16 * 32 * 32
+    assert rows[1]["forms"]["dwsep"]["macs"] == 16 * (9 + 16) * 32 * 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r20.pt"]
+
+
+def test_verification_failure_exits_1_after_writing(tmp_path, capsys, state_dict_file):
+    out = tmp_path / "out"
+    code = main(
+        [
+            "compress",
+            str(state_dict_file),
+            *ARCH,
+            "--out",
+            str(out),
+            "--no-speed",
+            "--tolerance",
+            "0",
+            "--quiet",
+        ]
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert code == 1 and report["passed"] is False
+    assert report["parity"]["onnx_vs_torch"]["max_abs_err"] > 0
+
+
+@pytest.mark.slow
+def test_compress_real_resnet20_end_to_end(tmp_path, capsys, resnet20_path):
+    out = tmp_path / "out"
+    argv = [
+        "compress",
+        str(resnet20_path),
+        *ARCH,
+        "--to",
+        "dwsep",
+        "--rank",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+        "--batch-sizes",
+        "1,32",
+    ]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {p.name for p in out.iterdir()} == {
+        "model.onnx",
+        "compressed.pt2",
+        "compressed_state_dict.pt",
+        "plan.json",
+        "report.json",
+        "report.md",
+    }
+    assert len(report["layers"]) == 19 and all(layer["form"] == "dwsep" for layer in report["layers"])
+    assert report["parity"]["onnx_vs_torch"]["max_abs_err"] <= 1e-4
+    assert "BatchNormalization" not in report["parity"]["onnx_ops"]
+    assert report["totals"]["macs_after"] < 0.2 * report["totals"]["macs_before"]
+    for batch in ("1", "32"):
+        speed = report["speed"]["ort_cpu"][batch]
+        assert speed["latency_ms_original"] > 0 and speed["latency_ms_compressed"] > 0
+    assert "ort_cuda" in report["speed"]
+    assert "speedup vs BN-folded original" in capsys.readouterr().out
