@@ -112,6 +112,28 @@ def plan(
     return _uniform_plan(prepared, to, exclude, options)
 
 
+def plan_budgeted(
+    model: nn.Module | Prepared,
+    example_inputs=None,
+    to: str = "auto",
+    *,
+    calibration: torch.Tensor | None = None,
+    exclude: Sequence[str] = (),
+    **budget,
+) -> Plan:
+    """Per-layer forms and settings chosen on measured ORT latency and output damage to meet one budget
+    (``target_speedup``, ``target_macs`` or ``max_error``); see ``convslim.planner``."""
+    from convslim.planner import plan_budgeted as _plan_budgeted
+
+    prepared = model if isinstance(model, Prepared) else prepare(model, example_inputs)
+    return _plan_budgeted(prepared, to, calibration=calibration, exclude=exclude, **budget)
+
+
+def wants_budgeted(to: str, budget: dict) -> bool:
+    """``--to auto``, ``--to a,b`` or any budget flag → the budgeted planner; else the uniform per-form plan."""
+    return any(v is not None for v in budget.values()) or to == "auto" or "," in to
+
+
 def _uniform_plan(prepared: Prepared, to: str, exclude: Sequence[str], options: dict) -> Plan:
     get_form(to)
     return make_plan(prepared.sites, to, options, prepared.traced.unconvertible, tuple(exclude))
@@ -157,6 +179,10 @@ def compress(
     finetune: Callable | None = None,
     exclude: Sequence[str] = (),
     progress: bool = False,
+    target_speedup: float | None = None,
+    target_macs: float | None = None,
+    max_error: float | None = None,
+    plan_batch: int = 32,
     **options,
 ) -> CompressionResult:
     """Rewrite ``model``'s convs into form ``to``; with ``verify`` export to ONNX and check it with ORT.
@@ -165,18 +191,33 @@ def compress(
     parity checks. ``finetune(prepared, compressed, plan) -> (model, report_dict)`` is called between rewriting
     and export when given. With ``out_dir``, ``model.onnx``, ``compressed.pt2``, ``plan.json``,
     ``compressed_state_dict.pt``, ``report.json`` and ``report.md`` appear there together or not at all.
+    With ``to="auto"`` (or ``"a,b"``) and one of ``target_speedup``/``target_macs``/``max_error`` the budgeted
+    planner picks per layer (measured at ``plan_batch``); the report then shows predicted vs measured speedup.
     """
     from convslim.pipeline import export_and_verify, weight_errors
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
     prepared = prepare(model, example_inputs, calibration)
-    if plan is None:
+    budget = {"target_speedup": target_speedup, "target_macs": target_macs, "max_error": max_error}
+    if plan is None and wants_budgeted(to, budget):
+        plan = plan_budgeted(
+            prepared,
+            to=to,
+            calibration=calibration,
+            exclude=exclude,
+            batch=plan_batch,
+            progress=progress,
+            **budget,
+        )
+        timings["plan"] = plan.planning["planning_s"]
+    elif plan is None:
         plan = _uniform_plan(prepared, to, exclude, options)
     notes = list(prepared.traced.notes)
     compressed = apply(prepared, plan, notes=notes)
     report = Report.from_plan(plan, prepared.traced.mode, weight_errors(prepared, plan))
     report.batchnorm_folded = prepared.batchnorm_folded
+    report.planning = plan.planning
     report.notes.extend(notes)
     timings["rewrite"] = time.perf_counter() - start
     if finetune is not None:

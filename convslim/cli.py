@@ -49,8 +49,114 @@ def _add_form_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--groups", type=int, help="groups g (grouped)")
     g.add_argument("--mix", action="store_true", help="grouped: add a pointwise 1x1 that mixes the groups")
+    g.add_argument("--width", type=float, help="grouped --mix: width R (a fraction < 1 means of full width)")
+    g.add_argument(
+        "--permute",
+        choices=("consistent", "gather"),
+        help="grouped: where channels are coupled (residual add, concat) keep the identity order "
+        "(consistent, default) or an explicit channel gather",
+    )
+    g.add_argument(
+        "--rank-multiple", type=int, help="spatial: round the rank up to a multiple (e.g. 8 or 16)"
+    )
     g.add_argument("--alpha", type=float, help="octave: fraction of channels at half resolution")
     g.add_argument("--exclude", action="append", default=[], help="layer name (or prefix) to leave alone")
+
+
+# --- data and fine-tuning (issue 5) ---------------------------------------------------------------------------
+def _add_finetune_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and fine-tuning (fine-tunes when --data is given)")
+    g.add_argument("--data", help="training data: image folder (class sub-folders), .npz (x, y) or .pt")
+    g.add_argument("--val-data", help="validation data (same kinds): top-1, or agreement with the original")
+    g.add_argument("--resize", help="resize images to H,W (or one size for both)")
+    g.add_argument(
+        "--mean", help="per-channel mean subtracted after scaling to [0,1], e.g. 0.485,0.456,0.406"
+    )
+    g.add_argument(
+        "--std", help="per-channel std divided by after subtracting --mean, e.g. 0.229,0.224,0.225"
+    )
+    g.add_argument(
+        "--finetune-steps", type=int, help="optimiser steps (default 1000 without --finetune-minutes)"
+    )
+    g.add_argument("--finetune-minutes", type=float, help="wall-time budget for the whole fine-tune")
+    g.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size (default 128)")
+    g.add_argument(
+        "--lr", type=float, default=1e-3, help="peak learning rate, cosine schedule (default 1e-3)"
+    )
+    g.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"), help="default adamw")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
+    g.add_argument("--temperature", type=float, default=4.0, help="distillation temperature T (default 4)")
+    g.add_argument("--ce-weight", type=float, default=1.0, help="weight of cross-entropy when labels exist")
+    g.add_argument("--feature-weight", type=float, default=0.0, help="end-to-end feature matching weight")
+    g.add_argument("--calibration-samples", type=int, default=1024, help="samples for stage 1 (default 1024)")
+    g.add_argument("--no-augment", action="store_true", help="no random crop + flip on image batches")
+    g.add_argument("--seed", type=int, default=0, help="seed for data order and augmentation (default 0)")
+
+
+def _finetune_inputs(args: argparse.Namespace, model, inputs):
+    """(hook, calibration batch) from the data flags, or (None, None) without --data."""
+    from convslim.data import check_inputs, check_labels, load_data, parse_floats, parse_size
+    from convslim.finetune import finetune
+
+    if not args.data:
+        if args.val_data:
+            raise UsageError("--val-data needs --data (the training data) as well")
+        return None, None
+    resize, mean, std = (
+        parse_size(args.resize),
+        parse_floats(args.mean, "--mean"),
+        parse_floats(args.std, "--std"),
+    )
+    sets = {
+        flag: load_data(path, resize, mean, std)
+        for flag, path in (("--data", args.data), ("--val-data", args.val_data))
+        if path
+    }
+    with torch.no_grad():
+        out = model.eval()(*inputs)
+    classes = out.shape[1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    for flag, data in sets.items():
+        check_inputs(data, inputs[0].shape, f"{flag} {data.source}")
+        check_labels(data, classes, f"{flag} {data.source}")
+        if data.skipped:
+            print(f"convslim: {flag}: skipped {data.skipped} unreadable image(s)", file=sys.stderr)
+    hook = finetune(
+        sets["--data"],
+        sets.get("--val-data"),
+        steps=args.finetune_steps,
+        minutes=args.finetune_minutes,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        temperature=args.temperature,
+        ce_weight=args.ce_weight,
+        feature_weight=args.feature_weight,
+        calibration_samples=args.calibration_samples,
+        augment=not args.no_augment,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    return hook, sets["--data"].x[:256].to(args.device)
+
+
+# --- end data and fine-tuning ----------------------------------------------------------------------------------
+
+
+def _add_budget_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("budget (per-layer planning on measured ORT latency; use --to auto or --to a,b)")
+    g.add_argument(
+        "--target-speedup", type=float, help="predicted whole-model ORT speedup to reach, e.g. 2.5"
+    )
+    g.add_argument("--target-macs", type=float, help="fraction of the original conv MACs to keep, e.g. 0.4")
+    g.add_argument("--max-error", type=float, help="largest predicted relative output error, e.g. 0.1")
+    g.add_argument("--plan-batch", type=int, default=32, help="batch size layers are timed at (default 32)")
+
+
+def budget_options(args: argparse.Namespace) -> dict:
+    keys = ("target_speedup", "target_macs", "max_error")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-sizes", default="1,32", help="batch sizes to time (default 1,32)")
     c.add_argument("--no-speed", action="store_true", help="skip latency measurement")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_finetune_args(c)
+    _add_budget_args(c)
+
+    pl = sub.add_parser("plan", help="choose per layer (form, setting) and write plan.json without rewriting")
+    _add_model_args(pl)
+    _add_form_args(pl)
+    _add_budget_args(pl)
+    pl.add_argument("--out", required=True, help="plan file to write (e.g. plan.json)")
+    pl.add_argument("--overwrite", action="store_true", help="replace the plan file if it exists")
+    pl.add_argument("--quiet", action="store_true", help="no progress bars")
 
     i = sub.add_parser("inspect", help="per-layer shapes, params and MACs, and what each form would do")
     _add_model_args(i)
@@ -83,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compress":
             return _compress(args)
+        if args.command == "plan":
+            return _plan(args)
         return _inspect(args)
     except ConvslimError as exc:
         if args.debug:
@@ -95,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def form_options(args: argparse.Namespace) -> dict:
-    keys = ("rank", "energy", "groups", "mix", "alpha")
+    keys = ("rank", "energy", "groups", "mix", "alpha", "width", "permute", "rank_multiple")
     return {k: getattr(args, k) for k in keys if getattr(args, k) not in (None, False)}
 
 
@@ -135,6 +253,7 @@ def _compress(args: argparse.Namespace) -> int:
             raise UsageError(f"--plan {args.plan}: no such file")
         plan = Plan.from_json(Path(args.plan).read_text(), args.plan)
     model, inputs = _load(args)
+    hook, calibration = _finetune_inputs(args, model, inputs)
     result = compress(
         model,
         inputs,
@@ -147,6 +266,10 @@ def _compress(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         exclude=args.exclude,
         progress=not args.quiet,
+        calibration=calibration,
+        finetune=hook,
+        plan_batch=args.plan_batch,
+        **budget_options(args),
         **form_options(args),
     )
     print(result.report.summary())
@@ -157,6 +280,46 @@ def _compress(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_VERIFY_FAILED
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from convslim.api import plan, plan_budgeted, prepare, wants_budgeted
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"--out {out}: exists; pass --overwrite to replace it")
+    model, inputs = _load(args)
+    prepared = prepare(model, inputs)
+    budget = budget_options(args)
+    if wants_budgeted(args.to, budget):
+        result = plan_budgeted(
+            prepared,
+            to=args.to,
+            exclude=args.exclude,
+            batch=args.plan_batch,
+            progress=not args.quiet,
+            **budget,
+        )
+    else:
+        result = plan(prepared, to=args.to, exclude=args.exclude, **form_options(args))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(result.to_json())
+    print(f"convslim: {len(result.rewritten)}/{len(result.layers)} convs planned ({result.form}) → {out}")
+    for d in result.layers:
+        m = d.measured or {}
+        detail = (
+            f"ratio {m['ratio']:.2f}, damage {m['damage']:.4f}" if "ratio" in m else (d.skipped_reason or "")
+        )
+        print(f"  {d.name}: {d.form or 'kept'} {d.setting if d.form else ''} {detail}")
+    if result.planning:
+        p = result.planning
+        print(
+            f"  predicted {p['predicted_speedup']:.2f}x at batch {p['batch']} "
+            f"({'reached' if p['reached'] else 'budget NOT reachable'}), predicted output error "
+            f"{p['predicted_error']:.3f}, MACs {p['predicted_macs_fraction']:.1%}; planning {p['planning_s']:.1f} s "
+            f"(cache {p['cache_hits']} hits / {p['cache_misses']} misses)"
+        )
     return EXIT_OK
 
 

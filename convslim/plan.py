@@ -38,6 +38,7 @@ class LayerDecision:
     params_after: int
     macs_before: int
     macs_after: int
+    measured: dict[str, Any] | None = None  # budgeted planner: latency ratio, damage, candidates
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Plan:
     options: dict[str, Any]
     layers: list[LayerDecision] = field(default_factory=list)
     version: int = PLAN_VERSION
+    planning: dict[str, Any] | None = None  # budgeted planner: budget, predicted speedup/error, planning time
 
     @property
     def rewritten(self) -> list[LayerDecision]:

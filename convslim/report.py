@@ -28,6 +28,7 @@ class Report:
     timings_s: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     passed: bool | None = None
+    planning: dict[str, Any] | None = None  # budgeted plans: budget, predicted speedup/error, planning time
 
     @classmethod
     def from_plan(cls, plan: Plan, trace_mode: str, weight_errors: dict[str, float | None]) -> Report:
@@ -85,12 +86,34 @@ class Report:
                 continue
             parts = [f"batch {b}: {v['speedup']:.2f}x" for b, v in per_batch.items()]
             lines.append(f"  {provider} speedup vs BN-folded original: " + ", ".join(parts))
+        if self.planning:
+            lines.append("  " + self.planning_line())
         if self.finetune:
             lines.append(
                 "  fine-tuning: " + ", ".join(f"{k} {v}" for k, v in self.finetune.get("summary", {}).items())
             )
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+    def measured_speedup(self) -> float | None:
+        """The ORT speedup measured after applying, at the batch the plan was made for (None if not timed)."""
+        if not self.planning:
+            return None
+        provider = "ort_cuda" if "CUDA" in self.planning.get("provider", "") else "ort_cpu"
+        entry = self.speed.get(provider, {}).get(str(self.planning.get("batch")))
+        return entry["speedup"] if isinstance(entry, dict) and "speedup" in entry else None
+
+    def planning_line(self) -> str:
+        p = self.planning
+        budget = ", ".join(f"{k} {v}" for k, v in p.get("budget", {}).items())
+        measured = self.measured_speedup()
+        shown = "not measured" if measured is None else f"{measured:.2f}x"
+        reached = "" if p.get("reached", True) else " (budget NOT reachable with these forms)"
+        return (
+            f"plan ({budget}{reached}): predicted {p['predicted_speedup']:.2f}x at batch {p['batch']}, "
+            f"measured {shown}; predicted output error {p['predicted_error']:.3f}; planning "
+            f"{p['planning_s']:.1f} s (latency cache {p['cache_hits']} hits / {p['cache_misses']} misses)"
+        )
 
     def to_markdown(self) -> str:
         out = [f"# convslim report: `{self.form}`", "", "## Summary", "", "```", self.summary(), "```", ""]
@@ -131,8 +154,13 @@ class Report:
                     f"{v['speedup']:.2f}x | {v['spread_original']:.1%} / {v['spread_compressed']:.1%} | "
                     f"{v['runs']} |"
                 )
+        if self.planning:
+            out += ["", "## Planning", "", self.planning_line(), ""] + _dict_table(
+                {"planning": self.planning}
+            )
         if self.finetune:
             out += ["", "## Fine-tuning", ""] + _dict_table({"finetune": self.finetune})
+            out += _finetune_markdown(self.finetune)
         if self.notes:
             out += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         if self.timings_s:
@@ -160,3 +188,28 @@ def _dict_table(sections: dict[str, Any]) -> list[str]:
             shown = f"{value:.4g}" if isinstance(value, float) else value
             lines.append(f"| {section}.{key} | {shown} |")
     return lines
+
+
+def _finetune_markdown(finetune: dict[str, Any]) -> list[str]:
+    """Accuracy per stage and stage 1's per-layer errors (issue 5); empty when fine-tuning did not record them."""
+    out = []
+    accuracy = finetune.get("accuracy") or {}
+    if accuracy.get("metric"):
+        out += ["", f"### {accuracy['metric']} on the validation data", "", "| model | score |", "|---|---|"]
+        for key in ("original", "compressed", "stage1", "stage2"):
+            if accuracy.get(key) is not None:
+                out.append(f"| {key} | {accuracy[key]:.2%} |")
+    layers = (finetune.get("stage1") or {}).get("layers") or []
+    if layers:
+        out += [
+            "",
+            "### Stage 1: layer output error (relative L2)",
+            "",
+            "| layer | method | before | after |",
+        ]
+        out.append("|---|---|---|---|")
+        out += [
+            f"| {r['layer']} | {r['method']} | {r['error_before']:.3f} | {r['error_after']:.3f} |"
+            for r in layers
+        ]
+    return out

@@ -1,0 +1,155 @@
+r"""Linear heads of a replacement module, and training with BatchNorm that is folded away afterwards.
+
+Heads. Many replacements end in 1x1 convs whose outputs are summed (dwsep: its pointwise convs). Then the
+output is linear in the heads' weights given their inputs F_h:  y = Σ_h W_h F_h + b,  which stage 1 solves in
+closed form. ``linear_heads`` finds such convs generically — 1x1, stride 1, no padding, groups 1, called once,
+out_channels = the module's — and keeps them only if their outputs really sum to the module's output on a
+sample; otherwise the form gets gradient steps.
+
+Training BN. BN was folded before rewriting, so the student trains without normalisation, which is slow from a
+damaged start. ``TrainNorm`` puts a BatchNorm after a replacement, initialised to the identity in eval mode
+(running μ, σ² from calibration outputs, γ = √(σ²+ε), β = μ), so training sees batch statistics. Afterwards
+``fold_norm`` absorbs the eval transform a·y + b (a = γ/√(σ²+ε), b = β − μ·a) into the heads:
+W_h ← a·W_h, b_head ← a·b_head + b, leaving the module structurally the one the plan built.
+
+Example:
+    >>> heads = linear_heads(sep, x)          # [sep.pointwise[0]] for a rank-1 dwsep
+    >>> wrapped = TrainNorm(sep, heads, 32); ...train...; sep = fold_norm(wrapped)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _is_plain_1x1(m: nn.Module) -> bool:
+    return (
+        type(m) is nn.Conv2d
+        and m.kernel_size == (1, 1)
+        and m.stride == (1, 1)
+        and m.padding in ((0, 0), "valid")
+        and m.dilation == (1, 1)
+        and m.groups == 1
+    )
+
+
+@torch.no_grad()
+def linear_heads(module: nn.Module, sample: torch.Tensor, rtol: float = 1e-4) -> list[nn.Conv2d] | None:
+    """The 1x1 convs whose summed outputs are ``module``'s output on ``sample``, or None."""
+    candidates = [m for m in module.modules() if _is_plain_1x1(m)]
+    if not candidates:
+        return None
+    outputs: dict[int, list[torch.Tensor]] = {id(m): [] for m in candidates}
+    handles = [m.register_forward_hook(lambda mod, a, out: outputs[id(mod)].append(out)) for m in candidates]
+    try:
+        out = module(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        return None
+    called = [m for m in candidates if len(outputs[id(m)]) == 1 and m.out_channels == out.shape[1]]
+    for heads in (called, called[-1:]):
+        if heads and _sums_to(out, [outputs[id(m)][0] for m in heads], rtol):
+            return heads
+    return None
+
+
+def _sums_to(out: torch.Tensor, parts: list[torch.Tensor], rtol: float) -> bool:
+    total = torch.stack(parts).sum(0)
+    return total.shape == out.shape and float((total - out).norm()) <= rtol * float(out.norm()) + 1e-12
+
+
+class TrainNorm(nn.Module):
+    """``bn(inner(x))`` while training; see the module docstring. ``recording`` collects output moments."""
+
+    def __init__(self, inner: nn.Module, heads: list[nn.Conv2d], channels: int):
+        super().__init__()
+        self.inner = inner
+        self.bn = nn.BatchNorm2d(channels).to(heads[0].weight.device)
+        self.heads = heads  # a plain list: they are registered once, inside ``inner``
+        self.recording = False
+        self._moments = [0, 0.0, 0.0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        if self.recording:
+            dims = (0, 2, 3)
+            self._moments[0] += y.numel() // y.shape[1]
+            self._moments[1] = self._moments[1] + y.double().sum(dims)
+            self._moments[2] = self._moments[2] + y.double().pow(2).sum(dims)
+            return y
+        return self.bn(y)
+
+    @torch.no_grad()
+    def set_identity_from_moments(self) -> None:
+        n, s1, s2 = self._moments
+        if not n:
+            return
+        mean = s1 / n
+        var = (s2 / n - mean**2).clamp_min(1e-8)
+        bn = self.bn
+        bn.running_mean.copy_(mean.float())
+        bn.running_var.copy_(var.float())
+        bn.weight.copy_((var + bn.eps).sqrt().float())
+        bn.bias.copy_(mean.float())
+        self._moments = [0, 0.0, 0.0]
+
+
+@torch.no_grad()
+def fold_norm(wrapper: TrainNorm) -> nn.Module:
+    """Absorb the BN's eval transform into the heads; return the (now plain) inner module."""
+    bn = wrapper.bn
+    scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    with_bias = [h for h in wrapper.heads if h.bias is not None]
+    for h in wrapper.heads:
+        h.weight.copy_((h.weight.double() * scale.view(-1, 1, 1, 1)).to(h.weight.dtype))
+        if h.bias is not None:
+            h.bias.copy_((h.bias.double() * scale).to(h.bias.dtype))
+    if with_bias:
+        with_bias[0].bias.add_(shift.to(with_bias[0].bias.dtype))
+    return wrapper.inner
+
+
+def can_fold(heads: list[nn.Conv2d] | None) -> bool:
+    """A BN can be folded into heads only if one of them has a bias (adding one would change the plan's
+    state_dict keys, which ``load_compressed`` must match)."""
+    return bool(heads) and any(h.bias is not None for h in heads)
+
+
+def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def wrap_all(
+    model: nn.Module, heads_by_name: dict[str, list[nn.Conv2d] | None], batches, device
+) -> list[str]:
+    """Wrap every layer whose heads can take a folded BN; set each BN to the identity from ``batches``."""
+    wrapped = []
+    for name, heads in heads_by_name.items():
+        if can_fold(heads):
+            inner = model.get_submodule(name)
+            set_submodule(model, name, TrainNorm(inner, heads, heads[0].out_channels))
+            wrapped.append(name)
+    if not wrapped:
+        return wrapped
+    wrappers = [model.get_submodule(n) for n in wrapped]
+    for w in wrappers:
+        w.recording = True
+    model.eval()
+    with torch.no_grad():
+        for x, _ in batches:
+            model(x.to(device))
+    for w in wrappers:
+        w.recording = False
+        w.set_identity_from_moments()
+    return wrapped
+
+
+def unwrap_all(model: nn.Module, names: list[str]) -> None:
+    for name in names:
+        set_submodule(model, name, fold_norm(model.get_submodule(name)))

@@ -1,0 +1,177 @@
+r"""Stage 1: layer-wise reconstruction of each rewritten layer, in graph order.
+
+For layer l with original (BN-folded) conv K_l and replacement R_l, on calibration images:
+
+    X_T = input of K_l in the original model,     Y = K_l(X_T)           (the target)
+    X_S = input of R_l in the partially compressed student (layers < l already refitted)
+
+and R_l is fitted so that R_l(X_S) ≈ Y: using the student's own inputs makes each layer correct the error that
+earlier layers left instead of compounding it. When R_l ends in summed linear 1x1 heads (``linear_heads``), the
+heads solve the ridge least squares  min_W ‖F W − Y‖² + λ‖W‖²  over all pixels, with F the heads' inputs
+(plus a ones column for the bias), via the normal equations accumulated in float64 — the pointwise part of
+dwsep given its depthwise part. Otherwise, a few Adam steps on the relative MSE. A fit that does not lower the
+error is undone. Each layer's relative error ‖R_l(X_S) − Y‖/‖Y‖ is reported before and after.
+
+Example:
+    >>> rows, heads = reconstruct(teacher, student, ["layer1.0.conv1", ...], batches, "cpu")
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from convslim.finetune.affine import linear_heads
+
+GRADIENT_STEPS = 60
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture_input(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """The first input ``model.<name>`` sees when ``model(x)`` runs; the forward stops right there."""
+    seen = []
+
+    def hook(mod, args):
+        seen.append(args[0].detach())
+        raise _Stop
+
+    handle = model.get_submodule(name).register_forward_pre_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError(f"layer {name} was not called on the calibration inputs")
+    return seen[0]
+
+
+def reconstruct(teacher, student, names, batches, device, progress=False, stop=None):
+    """Refit every layer in ``names`` in order (see module docstring); returns (report rows, heads by name)."""
+    teacher.eval()
+    student.eval()
+    rows, heads_by_name = [], {}
+    for name in tqdm(names, desc="stage 1: reconstruct", disable=not progress, leave=False):
+        if stop is not None and stop.requested:
+            break
+        pairs = _layer_pairs(teacher, student, name, batches, device)
+        module = student.get_submodule(name)
+        heads = linear_heads(module, pairs[0][0][:4])
+        heads_by_name[name] = heads
+        before = relative_error(module, pairs)
+        saved = copy.deepcopy(module.state_dict())
+        method = "least-squares" if heads else "gradient"
+        if heads:
+            fit_heads(module, heads, pairs)
+        else:
+            fit_gradient(module, pairs)
+        after = relative_error(module, pairs)
+        if not after < before:  # the fit made it worse (ill-conditioned or too few steps): keep the old one
+            module.load_state_dict(saved)
+            method, after = method + " (undone)", before
+        rows.append({"layer": name, "method": method, "error_before": before, "error_after": after})
+    return rows, heads_by_name
+
+
+def _layer_pairs(teacher, student, name, batches, device):
+    target_conv = teacher.get_submodule(name)
+    pairs = []
+    with torch.no_grad():
+        for x, _ in batches:
+            x = x.to(device)
+            x_t = capture_input(teacher, name, x)
+            pairs.append((capture_input(student, name, x), target_conv(x_t)))
+    return pairs
+
+
+@torch.no_grad()
+def relative_error(module: nn.Module, pairs) -> float:
+    err = sum(float((module(x) - y).pow(2).sum()) for x, y in pairs)
+    ref = sum(float(y.pow(2).sum()) for _, y in pairs)
+    return (err / max(ref, 1e-30)) ** 0.5
+
+
+@torch.no_grad()
+def fit_heads(module: nn.Module, heads: list[nn.Conv2d], pairs, ridge: float = 1e-5) -> None:
+    """Closed-form ridge least squares for the heads' weights (and one bias) given their inputs."""
+    bias_head = next((h for h in heads if h.bias is not None), None)
+    gram, cross = None, None
+    for x, y in pairs:
+        feats = _head_inputs(module, heads, x)
+        if bias_head is not None:
+            feats.append(torch.ones_like(feats[0][:, :1]))
+        f = torch.cat(feats, 1).permute(0, 2, 3, 1).reshape(-1, sum(t.shape[1] for t in feats)).double()
+        t = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]).double()
+        gram = f.T @ f if gram is None else gram + f.T @ f
+        cross = f.T @ t if cross is None else cross + f.T @ t
+    lam = ridge * float(gram.diagonal().mean()) + 1e-12
+    solution = torch.linalg.solve(
+        gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), cross
+    )
+    start = 0
+    for h in heads:
+        width = h.in_channels
+        h.weight.copy_(solution[start : start + width].T.reshape(h.weight.shape).to(h.weight.dtype))
+        start += width
+        if h.bias is not None:
+            h.bias.zero_()
+    if bias_head is not None:
+        bias_head.bias.copy_(solution[start].to(bias_head.bias.dtype))
+
+
+def _head_inputs(module, heads, x) -> list[torch.Tensor]:
+    seen = {}
+    handles = [h.register_forward_pre_hook(lambda m, a: seen.setdefault(id(m), a[0])) for h in heads]
+    try:
+        module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [seen[id(h)] for h in heads]
+
+
+def fit_gradient(module: nn.Module, pairs, steps: int = GRADIENT_STEPS, lr: float = 1e-3) -> None:
+    """A few Adam steps on Σ‖R(X_S) − Y‖² / Σ‖Y‖², cycling over the calibration batches."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return
+    optimizer = torch.optim.Adam(params, lr=lr)
+    module.train()
+    for step in range(steps):
+        x, y = pairs[step % len(pairs)]
+        loss = (module(x) - y).pow(2).mean() / y.pow(2).mean().clamp_min(1e-12)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    module.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches, device) -> int:
+    """Re-estimate running statistics of BatchNorms still in ``model`` (cumulative average); returns how many."""
+    norms = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not norms:
+        return 0
+    saved = [(m.momentum, m.training) for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for x, _ in batches:
+        model(x.to(device))
+    for m, (momentum, training) in zip(norms, saved, strict=True):
+        m.momentum = momentum
+        m.train(training)
+    model.eval()
+    return len(norms)

@@ -1,0 +1,72 @@
+"""When fine-tuning stops: a step/time budget, and Ctrl-C / SIGTERM turned into a clean stop.
+
+``interruptible()`` swaps in signal handlers that only set a flag; the training loops poll ``stop.requested``
+between steps and return the best weights so far, so the caller still exports and writes the report (marked
+interrupted). A second Ctrl-C raises ``KeyboardInterrupt`` as usual (the way out of a stuck run). The old
+handlers come back on exit. Off the main thread signals cannot be caught, so there it is a no-op.
+
+Example:
+    >>> with interruptible() as stop:
+    ...     while not stop.requested and budget.left():
+    ...         step()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StopFlag:
+    requested: bool = False
+    signal_name: str | None = None
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[StopFlag]:
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag.requested = True
+        flag.signal_name = signal.Signals(signum).name
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+@dataclass
+class Budget:
+    """``steps`` and/or ``seconds`` (None: unbounded); ``progress()`` is the larger used fraction, in [0, 1]."""
+
+    steps: int | None
+    seconds: float | None
+    start: float = field(default_factory=time.perf_counter)
+    done: int = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def progress(self) -> float:
+        fractions = [0.0]
+        if self.steps:
+            fractions.append(self.done / self.steps)
+        if self.seconds:
+            fractions.append(self.elapsed() / self.seconds)
+        return min(1.0, max(fractions))
+
+    def left(self) -> bool:
+        return self.progress() < 1.0 and (self.steps is None or self.done < self.steps)

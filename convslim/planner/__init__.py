@@ -1,0 +1,205 @@
+"""Budgeted, latency-aware planning: per conv, the form and setting that meet a budget with the least damage.
+
+Method: (1) candidates per conv from the grid of every allowed form (``candidates``); (2) each candidate's
+latency measured in ONNX Runtime against the original conv in the same run, cached on disk (``latency``);
+(3) its damage, the model's relative output error with only that layer rewritten (``damage``); (4) a greedy
+multiple-choice knapsack picks one candidate or none per layer (``budget``). The whole BN-folded model is timed
+once; the predicted time is that minus the chosen layers' measured savings, and predicted speedup the ratio.
+
+Budgets (one): ``target_speedup`` (predicted whole-model ORT speedup at ``batch``), ``target_macs`` (fraction
+of the original conv MACs), ``max_error`` (predicted relative output error, √Σ damage²).
+
+Example:
+    >>> prepared = prepare(model, torch.randn(1, 3, 32, 32))
+    >>> plan = plan_budgeted(prepared, to="auto", target_speedup=2.0)
+    >>> plan.planning["predicted_speedup"], plan.planning["planning_s"]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+
+from convslim.convert.base import dense_cost
+from convslim.errors import UsageError
+from convslim.plan import LayerDecision, Plan, decide
+from convslim.planner.budget import Option, select
+from convslim.planner.candidates import Candidate, candidates_for, parse_forms
+from convslim.planner.damage import measure_damage, probe_inputs
+from convslim.planner.latency import LatencyCache, measure_candidates, time_model
+
+__all__ = ["plan_budgeted", "check_budget", "parse_forms", "LatencyCache"]
+
+
+def check_budget(target_speedup=None, target_macs=None, max_error=None) -> str:
+    """Which budget was given (exactly one), after checking its value; the message says what to pass."""
+    given = {
+        k: v
+        for k, v in (
+            ("target_speedup", target_speedup),
+            ("target_macs", target_macs),
+            ("max_error", max_error),
+        )
+        if v is not None
+    }
+    if len(given) != 1:
+        raise UsageError("give exactly one budget: --target-speedup X, --target-macs F or --max-error E")
+    ((name, value),) = given.items()
+    if name == "target_speedup" and not value > 1:
+        raise UsageError(f"--target-speedup {value}: must be above 1 (e.g. 2.0)")
+    if name == "target_macs" and not 0 < value < 1:
+        raise UsageError(f"--target-macs {value}: must be a fraction of the original MACs in (0, 1)")
+    if name == "max_error" and not value > 0:
+        raise UsageError(f"--max-error {value}: must be a positive relative output error (e.g. 0.1)")
+    return name
+
+
+def plan_budgeted(
+    prepared,
+    to: str | Sequence[str] = "auto",
+    *,
+    target_speedup: float | None = None,
+    target_macs: float | None = None,
+    max_error: float | None = None,
+    batch: int = 32,
+    provider: str = "CPUExecutionProvider",
+    calibration: torch.Tensor | None = None,
+    exclude: Sequence[str] = (),
+    cache: LatencyCache | None = None,
+    seconds: float = 0.3,
+    grid: dict | None = None,
+    progress: bool = False,
+) -> Plan:
+    """Measure every candidate of every conv of ``prepared`` and choose per layer to meet the one budget given."""
+    start = time.perf_counter()
+    budget = check_budget(target_speedup, target_macs, max_error)
+    if len(prepared.example_inputs) != 1:
+        raise UsageError("budgeted planning takes single-input models; plan with --to FORM and its options")
+    if batch < 1:
+        raise UsageError(f"--plan-batch {batch}: must be a positive batch size")
+    forms = parse_forms(to)
+    cache = cache if cache is not None else LatencyCache()
+    sites = {s.name: s for s in prepared.sites}
+    skipped, per_layer, reasons = _gather(prepared.sites, forms, exclude, grid)
+    everything = [c for cands in per_layer.values() for c in cands]
+    module = prepared.traced.module
+    measure_candidates(module, sites, everything, batch, provider, cache, seconds, progress)
+    measure_damage(module, everything, probe_inputs(prepared.example_inputs, calibration), progress)
+    base_s = time_model(module, prepared.example_inputs, batch, provider, seconds=max(5 * seconds, 0.1))
+    total_macs = sum(dense_cost(s).macs for s in prepared.sites)
+    table = {layer: [_option(c, budget) for c in cands] for layer, cands in per_layer.items()}
+    need = max_energy = None
+    if budget == "target_speedup":
+        need = base_s * (1 - 1 / target_speedup)
+    elif budget == "target_macs":
+        need = total_macs * (1 - target_macs)
+    else:
+        max_energy = max_error**2
+    chosen = select(table, need=need, max_energy=max_energy)
+    layers = _decisions(prepared.sites, per_layer, chosen.choice, skipped, reasons)
+    layers += [
+        LayerDecision(n, None, {}, r, [], [], [], 0, 0, 0, 0)
+        for n, r in prepared.traced.unconvertible.items()
+    ]
+    saved = sum(
+        c.measured["saved_s"]
+        for cands in per_layer.values()
+        for c in cands
+        if chosen.choice.get(c.layer) == c.key
+    )
+    macs_after = sum(d.macs_after for d in layers)
+    used = sorted({d.form for d in layers if d.form})
+    planning = {
+        "budget": {
+            budget: {"target_speedup": target_speedup, "target_macs": target_macs, "max_error": max_error}[
+                budget
+            ]
+        },
+        "forms": forms,
+        "batch": batch,
+        "provider": provider,
+        "reached": chosen.reached,
+        "original_ms": base_s * 1e3,
+        "predicted_ms": (base_s - saved) * 1e3,
+        "predicted_speedup": base_s / max(base_s - saved, 1e-12),
+        "predicted_error": chosen.predicted_error,
+        "predicted_macs_fraction": macs_after / total_macs if total_macs else 1.0,
+        "candidates": len(everything),
+        "cache_hits": cache.hits,
+        "cache_misses": cache.misses,
+        "planning_s": time.perf_counter() - start,
+    }
+    label = "+".join(used) or "none"
+    return Plan(
+        form=label, options={"to": ",".join(forms), **planning["budget"]}, layers=layers, planning=planning
+    )
+
+
+def _gather(sites, forms, exclude, grid):
+    skipped: dict[str, str] = {}
+    per_layer: dict[str, list[Candidate]] = {}
+    reasons: dict[str, list[str]] = {}
+    for site in sites:
+        if any(site.name == e or site.name.startswith(e + ".") for e in exclude):
+            skipped[site.name] = "excluded by --exclude"
+        elif not site.calls:
+            skipped[site.name] = "never called on the example inputs"
+        else:
+            per_layer[site.name], reasons[site.name] = candidates_for(site, forms, grid)
+    return skipped, per_layer, reasons
+
+
+def _option(c: Candidate, budget: str) -> Option:
+    m = c.measured
+    if "error" in m or "damage" not in m:
+        return Option(c.layer, c.key, saving=0.0, damage=float("nan"), ratio=float("inf"))
+    saving = m["saved_s"] if budget != "target_macs" else float(c.dense_macs - c.macs)
+    return Option(c.layer, c.key, saving=saving, damage=m["damage"], ratio=m["ratio"])
+
+
+def _summary(c: Candidate) -> dict:
+    m = c.measured
+    if "error" in m:
+        return {"form": c.form, "options": c.options, "error": m["error"]}
+    return {
+        "form": c.form,
+        "options": c.options,
+        "ratio": round(m["ratio"], 4),
+        "damage": round(m.get("damage", float("nan")), 6),
+        "saved_ms": round(m["saved_s"] * 1e3, 4),
+    }
+
+
+def _decisions(sites, per_layer, choice, skipped, reasons) -> list[LayerDecision]:
+    layers = []
+    for site in sites:
+        if site.name in skipped:
+            layers.append(decide(site, None, {}, reason=skipped[site.name]))
+            continue
+        cands = per_layer[site.name]
+        tried = [_summary(c) for c in cands]
+        picked = next((c for c in cands if choice.get(site.name) == c.key), None)
+        if picked is None:
+            decision = decide(site, None, {}, reason=_why_kept(cands, reasons[site.name]))
+        else:
+            decision = decide(site, picked.form, picked.setting)
+        measured = {"candidates": tried}
+        if picked is not None:
+            measured.update(
+                chosen=picked.key,
+                **{k: v for k, v in _summary(picked).items() if k not in ("form", "options")},
+            )
+        layers.append(replace(decision, measured=measured))
+    return layers
+
+
+def _why_kept(cands: list[Candidate], reasons: list[str]) -> str:
+    if not cands:
+        return "no form applies: " + ("; ".join(reasons[:3]) or "no candidates")
+    ok = [c for c in cands if "error" not in c.measured and c.measured.get("ratio", 2.0) < 1.0]
+    if not ok:
+        return "every candidate measured as slow as or slower than the original layer"
+    return "budget met without rewriting this layer"

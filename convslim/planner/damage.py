@@ -1,0 +1,73 @@
+"""Damage: how far the whole model's output moves when only one layer takes one candidate.
+
+Method. Run the BN-folded model once on the probe inputs (calibration data when ``prepare`` got some, else a
+fixed batch of random inputs shaped like the example) to get the reference output y. For each candidate, swap
+the replacement into the model in place (GraphModules call submodules by attribute, so a swap needs no
+recompile), run again, and record ‖y' − y‖ / ‖y‖; then put the original conv back. The per-layer
+reconstruction of the fine-tuning stage is not run here (it would multiply planning time); damage is the
+"before fine-tuning" sensitivity.
+
+Example:
+    >>> probe = probe_inputs(prepared, calibration=None)
+    >>> measure_damage(prepared.traced.module, candidates, probe)
+    >>> candidates[0].measured["damage"]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+PROBE_SAMPLES = 32
+
+
+def probe_inputs(example_inputs: tuple, calibration: torch.Tensor | None = None) -> tuple:
+    """Calibration data when given (first ``PROBE_SAMPLES``), else seeded random inputs of the example's shape."""
+    if calibration is not None:
+        return (calibration[:PROBE_SAMPLES],)
+    generator = torch.Generator().manual_seed(1234)
+    return tuple(
+        torch.randn((PROBE_SAMPLES, *t.shape[1:]), generator=generator, dtype=t.dtype)
+        if t.is_floating_point()
+        else t
+        for t in example_inputs
+    )
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _swap(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    old = getattr(parent, child)
+    setattr(parent, child, new)
+    return old
+
+
+@torch.no_grad()
+def measure_damage(module: nn.Module, candidates: list, probe: tuple, progress: bool = False) -> None:
+    """Set ``candidate.measured["damage"]`` (relative L2 of the model output) for each candidate, in place."""
+    module.eval()
+    reference = _first(module(*probe)).double()
+    scale = reference.norm().clamp_min(1e-30)
+    modules = dict(module.named_modules())
+    for cand in tqdm(candidates, desc="measuring damage", disable=not progress, leave=False):
+        if "error" in cand.measured:
+            continue
+        conv = modules[cand.layer]
+        try:
+            replacement = cand.build(conv)
+        except Exception as exc:  # noqa: BLE001
+            cand.measured["error"] = f"convert failed: {str(exc)[:120]}"
+            continue
+        _swap(module, cand.layer, replacement)
+        try:
+            out = _first(module(*probe)).double()
+            cand.measured["damage"] = float((out - reference).norm() / scale)
+        except Exception as exc:  # noqa: BLE001  (a replacement that cannot run in place loses its candidacy)
+            cand.measured["error"] = f"forward failed: {str(exc)[:120]}"
+        finally:
+            _swap(module, cand.layer, conv)
