@@ -28,6 +28,7 @@ from convslim.errors import UsageError
 from convslim.plan import LayerDecision, Plan, decide
 from convslim.planner.budget import Option, select
 from convslim.planner.candidates import Candidate, candidates_for, parse_forms
+from convslim.planner.closed_loop import MAX_ROUNDS, OVERSHOOT, correction, measure_plan_speedup, pick_round
 from convslim.planner.damage import measure_damage, probe_inputs
 from convslim.planner.latency import LatencyCache, measure_candidates, time_model
 
@@ -98,20 +99,28 @@ def plan_budgeted(
         need = total_macs * (1 - target_macs)
     else:
         max_energy = max_error**2
+    build = _PlanBuilder(prepared, per_layer, skipped, reasons)
     chosen = select(table, need=need, max_energy=max_energy)
-    layers = _decisions(prepared.sites, per_layer, chosen.choice, skipped, reasons)
-    layers += [
-        LayerDecision(n, None, {}, r, [], [], [], 0, 0, 0, 0)
-        for n, r in prepared.traced.unconvertible.items()
-    ]
-    saved = sum(
-        c.measured["saved_s"]
-        for cands in per_layer.values()
-        for c in cands
-        if chosen.choice.get(c.layer) == c.key
-    )
+    layers, saved = build(chosen)
+    rounds, measured = [], None
+    if budget == "target_speedup":
+        chosen, layers, saved, rounds, measured = _close_the_loop(
+            prepared,
+            table,
+            need,
+            target_speedup,
+            base_s,
+            batch,
+            provider,
+            build,
+            chosen,
+            layers,
+            saved,
+            progress,
+        )
     macs_after = sum(d.macs_after for d in layers)
     used = sorted({d.form for d in layers if d.form})
+    predicted = base_s / max(base_s - saved, 1e-12)
     planning = {
         "budget": {
             budget: {"target_speedup": target_speedup, "target_macs": target_macs, "max_error": max_error}[
@@ -121,10 +130,12 @@ def plan_budgeted(
         "forms": forms,
         "batch": batch,
         "provider": provider,
-        "reached": chosen.reached,
+        "reached": chosen.reached if measured is None else measured >= target_speedup,
         "original_ms": base_s * 1e3,
         "predicted_ms": (base_s - saved) * 1e3,
-        "predicted_speedup": base_s / max(base_s - saved, 1e-12),
+        "predicted_speedup": predicted if measured is None else measured,  # closed loop: its measurement
+        "layer_sum_speedup": predicted,
+        "rounds": rounds,
         "predicted_error": chosen.predicted_error,
         "predicted_macs_fraction": macs_after / total_macs if total_macs else 1.0,
         "candidates": len(everything),
@@ -136,6 +147,72 @@ def plan_budgeted(
     return Plan(
         form=label, options={"to": ",".join(forms), **planning["budget"]}, layers=layers, planning=planning
     )
+
+
+class _PlanBuilder:
+    """Turns a selection into the plan's layer decisions and the summed measured saving (seconds)."""
+
+    def __init__(self, prepared, per_layer, skipped, reasons):
+        self.prepared, self.per_layer, self.skipped, self.reasons = prepared, per_layer, skipped, reasons
+
+    def __call__(self, chosen) -> tuple[list[LayerDecision], float]:
+        layers = _decisions(self.prepared.sites, self.per_layer, chosen.choice, self.skipped, self.reasons)
+        layers += [
+            LayerDecision(n, None, {}, r, [], [], [], 0, 0, 0, 0)
+            for n, r in self.prepared.traced.unconvertible.items()
+        ]
+        saved = sum(
+            c.measured["saved_s"]
+            for cands in self.per_layer.values()
+            for c in cands
+            if chosen.choice.get(c.layer) == c.key
+        )
+        return layers, saved
+
+
+def _close_the_loop(
+    prepared, table, need, target, base_s, batch, provider, build, chosen, layers, saved, progress
+):
+    """Rounds of choose → build → time the whole model → correct the per-layer savings (see closed_loop)."""
+    rounds, original_onnx, scale = [], None, 1.0
+    for index in range(MAX_ROUNDS):
+        if saved <= 0:
+            break
+        candidate_plan = Plan(form="budget", options={}, layers=layers)
+        measured, original_onnx = measure_plan_speedup(
+            prepared.traced.module,
+            candidate_plan,
+            prepared.example_inputs,
+            batch,
+            provider,
+            original_model=original_onnx,
+        )
+        raw = base_s / max(base_s - saved, 1e-12)
+        rounds.append(
+            {
+                "round": index + 1,
+                "need_scale": round(1 / scale, 4),
+                "layer_sum_speedup": raw,
+                "measured_speedup": measured,
+                "predicted_error": chosen.predicted_error,
+                "_state": (chosen, layers, saved),
+            }
+        )
+        if progress:
+            print(f"  plan round {index + 1}: layer-sum {raw:.2f}x, whole model measured {measured:.2f}x")
+        if target <= measured <= target * OVERSHOOT:
+            break
+        scale = correction(raw, measured)
+        chosen = select(table, need=need / scale)
+        layers, saved = build(chosen)
+    if not rounds:
+        return chosen, layers, saved, [], None
+    best = pick_round(rounds, target)
+    best["chosen"] = True
+    chosen, layers, saved = best["_state"]
+    for r in rounds:
+        r.pop("_state")
+    return chosen, layers, saved, rounds, best["measured_speedup"]
 
 
 def _gather(sites, forms, exclude, grid):
