@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 from common import cifar_arrays, cifar_model, markdown_table, top1
@@ -23,6 +24,7 @@ from common import cifar_arrays, cifar_model, markdown_table, top1
 from convslim import FORMS, compress
 from convslim.data import ArrayData
 from convslim.finetune import finetune
+from convslim.plan import Plan
 
 # a setting per form that is cheaper than the original (dwsep: ≥2.5x measured at batch 32 on ResNet-20)
 SETTINGS = {
@@ -33,11 +35,22 @@ SETTINGS = {
 }
 
 
-def run_one(name: str, form: str, options: dict, exclude: list[str], minutes: float, seed: int) -> dict:
+def run_one(
+    name: str,
+    form: str,
+    options: dict,
+    exclude: list[str],
+    minutes: float,
+    seed: int,
+    plan: Plan | None = None,
+    **settings,
+) -> dict:
     model = cifar_model(name)
     xt, yt = cifar_arrays("train10k")
     xv, yv = cifar_arrays("val5k")
-    hook = finetune(ArrayData(xt, yt), ArrayData(xv, yv), minutes=minutes, seed=seed, evals=1, progress=False)
+    hook = finetune(
+        ArrayData(xt, yt), ArrayData(xv, yv), minutes=minutes, seed=seed, evals=1, progress=False, **settings
+    )
     start = time.perf_counter()
     result = compress(
         model,
@@ -46,6 +59,7 @@ def run_one(name: str, form: str, options: dict, exclude: list[str], minutes: fl
         calibration=xt[:64],
         finetune=hook,
         exclude=exclude,
+        plan=plan,
         **options,
     )
     ft = result.report.finetune
@@ -54,7 +68,9 @@ def run_one(name: str, form: str, options: dict, exclude: list[str], minutes: fl
     return {
         "model": name,
         "form": form,
-        "setting": json.dumps(options) + (f" exclude={exclude}" if exclude else ""),
+        "setting": (f"plan {plan.form}" if plan else json.dumps(options))
+        + (f" exclude={exclude}" if exclude else "")
+        + (f" {json.dumps(settings)}" if settings else ""),
         "speedup b1": speed.get("1", {}).get("speedup"),
         "speedup b32": speed.get("32", {}).get("speedup"),
         "top1 original": acc["original"],
@@ -75,14 +91,23 @@ def main() -> None:
     parser.add_argument("--exclude", action="append", default=[])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plan", help="apply this plan.json (e.g. from `convslim plan --to auto`) instead")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--feature-fraction", type=float, help="share of stage 2 spent block-wise")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    settings = {k: getattr(args, k) for k in ("lr", "batch_size", "feature_fraction") if getattr(args, k)}
+    plan = Plan.from_json(Path(args.plan).read_text(), args.plan) if args.plan else None
     rows = []
-    for form in args.forms.split(","):
-        if form not in FORMS:
+    for form in ["plan"] if plan else args.forms.split(","):
+        if not plan and form not in FORMS:
             print(f"skipping {form}: not registered")
             continue
-        rows.append(run_one(args.model, form, SETTINGS.get(form, {}), args.exclude, args.minutes, args.seed))
+        options = {} if plan else SETTINGS.get(form, {})
+        rows.append(
+            run_one(args.model, form, options, args.exclude, args.minutes, args.seed, plan, **settings)
+        )
         print(json.dumps(rows[-1]), flush=True)
     print(markdown_table(rows))
 
