@@ -27,7 +27,7 @@ from common import cifar_arrays, cifar_model, imagenet_model, markdown_table, to
 
 from convslim import compress  # noqa: E402
 from convslim.export import export_onnx, export_program  # noqa: E402
-from convslim.verify import _interleaved_times, _random_feeds, make_session  # noqa: E402
+from convslim.verify import interleaved_times, make_session, random_inputs  # noqa: E402
 
 SETTINGS = {
     "spatial": [{"rank": 0.5}, {"rank": 0.25}, {"rank": 0.25, "rank_multiple": 16}],
@@ -41,8 +41,7 @@ QUICK = {"spatial": [{"rank": 0.5}, {"rank": 0.25}], "grouped": [{"groups": 4}]}
 
 def time_pair(original: Path, compressed: Path, example: tuple, batch: int, seconds: float, min_runs: int):
     sessions = {"original": make_session(original), "compressed": make_session(compressed)}
-    feeds = _random_feeds(sessions["original"], example, batch)
-    times = _interleaved_times(sessions, feeds, seconds, min_runs=min_runs)
+    times = interleaved_times(sessions, random_inputs(example, batch), seconds, min_runs=min_runs)
     orig, comp = (statistics.median(times[k]) for k in ("original", "compressed"))
     return orig * 1e3, comp * 1e3
 

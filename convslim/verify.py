@@ -99,8 +99,7 @@ def measure_speed(
     }
     results = {}
     for batch in tqdm(batch_sizes, desc=f"timing ({provider})", disable=not progress, leave=False):
-        feeds = _random_feeds(sessions["original"], example_inputs, batch)
-        times = _interleaved_times(sessions, feeds, seconds_per_batch)
+        times = interleaved_times(sessions, random_inputs(example_inputs, batch), seconds_per_batch)
         orig, comp = (statistics.median(times[k]) for k in ("original", "compressed"))
         spread = {k: _relative_iqr(v) for k, v in times.items()}
         entry = {
@@ -117,30 +116,37 @@ def measure_speed(
     return results
 
 
-def _random_feeds(session: ort.InferenceSession, example_inputs: tuple, batch: int) -> dict:
+def random_inputs(example_inputs: tuple, batch: int) -> list[np.ndarray]:
+    """Seeded normal inputs shaped like ``example_inputs`` with the batch dimension set to ``batch``."""
     generator = torch.Generator().manual_seed(0)
-    feeds = {}
-    for spec, tensor in zip(session.get_inputs(), example_inputs, strict=False):
-        shape = (batch, *tensor.shape[1:])
-        feeds[spec.name] = torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
-    return feeds
+    return [
+        torch.randn((batch, *t.shape[1:]), generator=generator, dtype=torch.float32).numpy()
+        for t in example_inputs
+    ]
 
 
-def _interleaved_times(
-    sessions: dict, feeds: dict, seconds: float, min_runs: int = 10, max_runs: int = 500
+def interleaved_times(
+    sessions: dict,
+    inputs: list[np.ndarray],
+    seconds: float,
+    min_runs: int = 10,
+    max_runs: int = 500,
+    warmup: int = 3,
 ) -> dict[str, list[float]]:
+    """Seconds per run of each session, run A B, B A, ... so drift hits all alike; each session is fed
+    ``inputs`` under its own input names (exporters name inputs differently)."""
     names = list(sessions)
+    feeds = {n: {i.name: a for i, a in zip(sessions[n].get_inputs(), inputs, strict=False)} for n in names}
     for name in names:  # warm-up: first runs pay for allocation and kernel selection
-        for _ in range(3):
-            sessions[name].run(None, feeds)
+        for _ in range(warmup):
+            sessions[name].run(None, feeds[name])
     times: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
     i = 0
     while i < max_runs and (i < min_runs or time.perf_counter() - start < seconds):
-        order = names if i % 2 == 0 else names[::-1]
-        for name in order:
+        for name in names if i % 2 == 0 else names[::-1]:
             t0 = time.perf_counter()
-            sessions[name].run(None, feeds)
+            sessions[name].run(None, feeds[name])
             times[name].append(time.perf_counter() - t0)
         i += 1
     return times

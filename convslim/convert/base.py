@@ -86,6 +86,14 @@ class Form:
         """Pure: build the replacement module from the trained ``conv``; ``conv`` is left untouched."""
         raise NotImplementedError
 
+    def no_saving_reason(self, site: ConvSite, setting: dict[str, Any], at: str) -> str | None:
+        """The skip reason when the rewritten conv would not cost fewer MACs than the dense one (``at`` names
+        the setting, e.g. "rank 3"), else None."""
+        before, after = dense_cost(site).macs, self.cost(site, setting).macs
+        if after >= before:
+            return f"no saving at {at}: {after:,} MACs vs {before:,} dense"
+        return None
+
     def weight_error(self, conv: nn.Conv2d, setting: dict[str, Any]) -> float | None:
         """‖W − W_approx‖ / ‖W‖ of the replacement's effective kernel, when the form defines one."""
         return None

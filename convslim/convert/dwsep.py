@@ -166,10 +166,7 @@ class DwsepForm(Form):
             return f"grouped conv (groups={conv.groups}): dwsep takes groups=1 convs only"
         if kh * kw == 1:
             return "1x1 kernel: already pointwise, nothing to separate"
-        before, after = _dense_macs(site), self.cost(site, setting).macs
-        if after >= before:
-            return f"no saving at rank {setting['rank']}: {after:,} MACs vs {before:,} dense"
-        return None
+        return self.no_saving_reason(site, setting, f"rank {setting['rank']}")
 
     def cost(self, site: ConvSite, setting: dict[str, Any]) -> Cost:
         conv = site.conv
@@ -184,10 +181,6 @@ class DwsepForm(Form):
 
     def weight_error(self, conv: nn.Conv2d, setting: dict[str, Any]) -> float | None:
         return dwsep_weight_error(conv.weight, setting["rank"])
-
-
-def _dense_macs(site: ConvSite) -> int:
-    return site.conv.weight.numel() * site.output_pixels()
 
 
 register_form(DwsepForm())

@@ -274,10 +274,7 @@ class GroupedForm(Form):
         g = setting["groups"]
         if conv.in_channels % g or conv.out_channels % g:
             return f"channels {conv.in_channels}→{conv.out_channels} not divisible by groups={g}"
-        before, after = conv.weight.numel() * site.output_pixels(), self.cost(site, setting).macs
-        if after >= before:
-            return f"no saving at groups={g}: {after:,} MACs vs {before:,} dense"
-        return None
+        return self.no_saving_reason(site, setting, f"groups={g}")
 
     def cost(self, site: ConvSite, setting: dict[str, Any]) -> Cost:
         conv = site.conv

@@ -161,10 +161,7 @@ class SpatialForm(Form):
         _, _, kh, kw = conv.weight.shape
         if kh == 1 or kw == 1:
             return f"{kh}x{kw} kernel: already separated along one axis"
-        before, after = site.conv.weight.numel() * site.output_pixels(), self.cost(site, setting).macs
-        if after >= before:
-            return f"no saving at rank {setting['rank']}: {after:,} MACs vs {before:,} dense"
-        return None
+        return self.no_saving_reason(site, setting, f"rank {setting['rank']}")
 
     def cost(self, site: ConvSite, setting: dict[str, Any]) -> Cost:
         conv = site.conv

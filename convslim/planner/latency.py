@@ -28,7 +28,6 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -40,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from convslim.errors import UsageError
-from convslim.verify import make_session
+from convslim.verify import interleaved_times, make_session
 
 CACHE_FILE = "latency-v1.json"
 
@@ -180,24 +179,8 @@ def time_pair(
     }
 
 
-def interleaved(
-    sessions: dict, array: np.ndarray, seconds: float, min_runs: int = 7, max_runs: int = 200
-) -> dict:
-    """A B, B A, ... so drift hits both; each session is fed under its own input name (exporters differ)."""
-    feeds = {k: {s.get_inputs()[0].name: array} for k, s in sessions.items()}
-    names = list(sessions)
-    for name in names:  # warm-up: first runs pay for allocation and kernel selection
-        for _ in range(2):
-            sessions[name].run(None, feeds[name])
-    times: dict[str, list[float]] = {name: [] for name in names}
-    start, i = time.perf_counter(), 0
-    while i < max_runs and (i < min_runs or time.perf_counter() - start < seconds):
-        for name in names if i % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
-            sessions[name].run(None, feeds[name])
-            times[name].append(time.perf_counter() - t0)
-        i += 1
-    return times
+def interleaved(sessions: dict, array: np.ndarray, seconds: float, min_runs: int = 7) -> dict:
+    return interleaved_times(sessions, [array], seconds, min_runs=min_runs, max_runs=200, warmup=2)
 
 
 def _iqr(values: list[float]) -> float:
