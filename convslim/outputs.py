@@ -41,12 +41,19 @@ def staged_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
     try:
         yield staging
         _promote(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _promote(staging: Path, out: Path, overwrite: bool) -> None:

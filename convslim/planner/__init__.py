@@ -88,7 +88,9 @@ def plan_budgeted(
     everything = [c for cands in per_layer.values() for c in cands]
     module = prepared.traced.module
     measure_candidates(module, sites, everything, batch, provider, cache, seconds, progress)
-    measure_damage(module, everything, probe_inputs(prepared.example_inputs, calibration), progress)
+    # damage only where it can matter: a candidate measured slower than its layer is never chosen
+    faster = [c for c in everything if c.measured.get("ratio", float("inf")) < 1.0]
+    measure_damage(module, faster, probe_inputs(prepared.example_inputs, calibration), progress)
     base_s = time_model(module, prepared.example_inputs, batch, provider, seconds=max(5 * seconds, 0.1))
     total_macs = sum(dense_cost(s).macs for s in prepared.sites)
     table = {layer: [_option(c, budget) for c in cands] for layer, cands in per_layer.items()}
@@ -245,7 +247,7 @@ def _summary(c: Candidate) -> dict:
         "form": c.form,
         "options": c.options,
         "ratio": round(m["ratio"], 4),
-        "damage": round(m.get("damage", float("nan")), 6),
+        "damage": round(m["damage"], 6) if "damage" in m else None,  # None: slower, so not worth measuring
         "saved_ms": round(m["saved_s"] * 1e3, 4),
     }
 

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import fx, nn
 from tqdm.auto import tqdm
 
 PROBE_SAMPLES = 32
@@ -47,11 +47,36 @@ def _swap(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
+class _SuffixRunner:
+    """Re-runs only what a layer's change can reach: the original run's values of every other node are kept
+    (``fx.Interpreter``'s ``initial_env``), so a late layer costs a short tail instead of a whole forward."""
+
+    def __init__(self, gm: fx.GraphModule, probe: tuple):
+        self.gm, self.probe = gm, probe
+        interpreter = fx.Interpreter(gm, garbage_collect_values=False)
+        self.reference = interpreter.run(*probe)
+        self.env = interpreter.env
+
+    def run(self, layer: str):
+        reached: set[fx.Node] = set()
+        for node in self.gm.graph.nodes:  # topological order: users come after their inputs
+            if (node.op == "call_module" and node.target == layer) or any(
+                a in reached for a in node.all_input_nodes
+            ):
+                reached.add(node)
+        keep = {n: v for n, v in self.env.items() if n not in reached}
+        return fx.Interpreter(self.gm).run(*self.probe, initial_env=keep)
+
+
 @torch.no_grad()
 def measure_damage(module: nn.Module, candidates: list, probe: tuple, progress: bool = False) -> None:
     """Set ``candidate.measured["damage"]`` (relative L2 of the model output) for each candidate, in place."""
     module.eval()
-    reference = _first(module(*probe)).double()
+    if isinstance(module, fx.GraphModule):
+        runner = _SuffixRunner(module, probe)
+        reference, forward = _first(runner.reference).double(), runner.run
+    else:
+        reference, forward = _first(module(*probe)).double(), lambda _layer: module(*probe)
     scale = reference.norm().clamp_min(1e-30)
     modules = dict(module.named_modules())
     for cand in tqdm(candidates, desc="measuring damage", disable=not progress, leave=False):
@@ -65,7 +90,7 @@ def measure_damage(module: nn.Module, candidates: list, probe: tuple, progress: 
             continue
         _swap(module, cand.layer, replacement)
         try:
-            out = _first(module(*probe)).double()
+            out = _first(forward(cand.layer)).double()
             cand.measured["damage"] = float((out - reference).norm() / scale)
         except Exception as exc:  # noqa: BLE001  (a replacement that cannot run in place loses its candidacy)
             cand.measured["error"] = f"forward failed: {str(exc)[:120]}"
