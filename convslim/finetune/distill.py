@@ -86,7 +86,16 @@ def feature_phase(teacher, student, names, batches, settings, budget, stop, prog
     loss_fn = lambda x, y: sum(_relative_mse(s_out[g[-1]], t_out[g[-1]]) for g in groups) / len(groups)  # noqa: E731
     with _hooks(handles):
         return _train(
-            teacher, student, params, batches, loss_fn, settings, budget, stop, progress, "stage 2a: blocks"
+            teacher,
+            student,
+            params,
+            batches,
+            loss_fn,
+            settings=settings,
+            budget=budget,
+            stop=stop,
+            progress=progress,
+            desc="stage 2a: blocks",
         )
 
 
@@ -152,11 +161,11 @@ def kd_phase(teacher, student, names, batches, settings, budget, stop, validate=
             params,
             batches,
             loss_fn,
-            settings,
-            budget,
-            stop,
-            progress,
-            "stage 2b: distill",
+            settings=settings,
+            budget=budget,
+            stop=stop,
+            progress=progress,
+            desc="stage 2b: distill",
             validate=validate,
             end_to_end=True,
         )
@@ -168,6 +177,7 @@ def _train(
     params,
     batches,
     loss_fn,
+    *,
     settings,
     budget,
     stop,
@@ -176,6 +186,9 @@ def _train(
     validate=None,
     end_to_end=False,
 ):
+    """The shared loop of both phases: cosine LR over ``budget``, stops on ``stop``; with ``validate`` it scores
+    at ``settings.evals`` points and keeps the best weights. ``end_to_end``: ``loss_fn(student_logits,
+    teacher_logits, y)``, else ``loss_fn(x, y)`` (the block losses come from hooks)."""
     optimizer = make_optimizer(params, settings)
     history, best, best_state = [], None, None
     next_eval = 1.0 / max(settings.evals, 1)
