@@ -7,7 +7,7 @@
 
 from convslim.api import CompressionResult, Prepared, apply, compress, load_compressed, plan, prepare
 from convslim.convert import FORMS, get_form, register_form
-from convslim.errors import ConvslimError, ModelLoadError, PlanError, UsageError, VerificationError
+from convslim.errors import ConvslimError, ModelLoadError, PlanError, UsageError
 from convslim.plan import Plan
 
 __version__ = "0.1.0"
@@ -21,7 +21,6 @@ __all__ = [
     "PlanError",
     "Prepared",
     "UsageError",
-    "VerificationError",
     "apply",
     "compress",
     "get_form",

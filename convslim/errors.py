@@ -1,5 +1,5 @@
 """Typed errors. ``UsageError`` and its subclasses are the user's to fix: the CLI prints them as one
-line and exits 2. ``VerificationError`` means the output was written but failed a check (exit 1)."""
+line and exits 2. A failed verification is not an error: the report says ``passed: false`` and the CLI exits 1."""
 
 
 class ConvslimError(Exception):
@@ -14,13 +14,5 @@ class ModelLoadError(UsageError):
     """The model file cannot be loaded the way it was asked for."""
 
 
-class TraceError(ConvslimError):
-    """A graph pass could not handle a node; the message names the node and the pass."""
-
-
 class PlanError(UsageError):
     """A plan does not fit the model it is applied to."""
-
-
-class VerificationError(ConvslimError):
-    """The compressed model was written but failed verification (parity above tolerance)."""
