@@ -28,7 +28,7 @@ from convslim.errors import UsageError
 from convslim.plan import LayerDecision, Plan, decide
 from convslim.planner.budget import Option, select
 from convslim.planner.candidates import Candidate, candidates_for, parse_forms
-from convslim.planner.closed_loop import MAX_ROUNDS, OVERSHOOT, correction, measure_plan_speedup, pick_round
+from convslim.planner.closed_loop import measure_plan_speedup, search
 from convslim.planner.damage import measure_damage, probe_inputs
 from convslim.planner.latency import LatencyCache, measure_candidates, time_model
 
@@ -107,18 +107,7 @@ def plan_budgeted(
     rounds, measured = [], None
     if budget == "target_speedup":
         chosen, layers, saved, rounds, measured = _close_the_loop(
-            prepared,
-            table,
-            need,
-            target_speedup,
-            base_s,
-            batch,
-            provider,
-            build,
-            chosen,
-            layers,
-            saved,
-            progress,
+            prepared, table, need, target_speedup, base_s, build, batch, provider, progress
         )
     macs_after = sum(d.macs_after for d in layers)
     used = sorted({d.form for d in layers if d.form})
@@ -172,49 +161,29 @@ class _PlanBuilder:
         return layers, saved
 
 
-def _close_the_loop(
-    prepared, table, need, target, base_s, batch, provider, build, chosen, layers, saved, progress
-):
-    """Rounds of choose → build → time the whole model → correct the per-layer savings (see closed_loop)."""
-    rounds, original_onnx, scale = [], None, 1.0
-    for index in range(MAX_ROUNDS):
-        if saved <= 0:
-            break
-        candidate_plan = Plan(form="budget", options={}, layers=layers)
-        measured, original_onnx = measure_plan_speedup(
+def _close_the_loop(prepared, table, need, target, base_s, build, batch, provider, progress):
+    """Search on whole-model measurements (see closed_loop); returns the winner and the rounds."""
+    original_onnx: list[bytes] = []
+
+    def select_at(multiplier: float):
+        chosen = select(table, need=need * multiplier)
+        return (chosen, *build(chosen))
+
+    def measure(layers) -> float:
+        speedup, onnx = measure_plan_speedup(
             prepared.traced.module,
-            candidate_plan,
+            Plan(form="budget", options={}, layers=layers),
             prepared.example_inputs,
             batch,
             provider,
-            original_model=original_onnx,
+            original_model=original_onnx[0] if original_onnx else None,
         )
-        raw = base_s / max(base_s - saved, 1e-12)
-        rounds.append(
-            {
-                "round": index + 1,
-                "need_scale": round(1 / scale, 4),
-                "layer_sum_speedup": raw,
-                "measured_speedup": measured,
-                "predicted_error": chosen.predicted_error,
-                "_state": (chosen, layers, saved),
-            }
-        )
-        if progress:
-            print(f"  plan round {index + 1}: layer-sum {raw:.2f}x, whole model measured {measured:.2f}x")
-        if target <= measured <= target * OVERSHOOT:
-            break
-        scale = correction(raw, measured)
-        chosen = select(table, need=need / scale)
-        layers, saved = build(chosen)
-    if not rounds:
-        return chosen, layers, saved, [], None
-    best = pick_round(rounds, target)
-    best["chosen"] = True
-    chosen, layers, saved = best["_state"]
-    for r in rounds:
-        r.pop("_state")
-    return chosen, layers, saved, rounds, best["measured_speedup"]
+        original_onnx[:] = [onnx]
+        return speedup
+
+    (chosen, layers, saved), rounds = search(select_at, measure, target, base_s, progress)
+    winner = next((r for r in rounds if r.get("chosen")), None)
+    return chosen, layers, saved, rounds, (winner["measured_speedup"] if winner else None)
 
 
 def _gather(sites, forms, exclude, grid):

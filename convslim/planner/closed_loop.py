@@ -1,23 +1,31 @@
-"""Closing the loop on speed: plan, build, time the whole model, correct, plan again.
+"""Closing the loop on speed: choose, build, time the whole model, correct, choose again.
 
-Per-layer micro-benchmarks overstate what a layer costs inside the whole model: alone, every conv pays ORT's
-layout reorders (NCHW ↔ NCHWc) at its input and output, while inside the model consecutive convs stay in the
-blocked layout. Measured on ResNet-20 at batch 32 the per-layer savings summed to a predicted 2.50× that
-measured 1.71× as a whole model. So for a speedup budget the planner builds the chosen plan, times it against
-the original in one interleaved ORT run, and scales every per-layer saving by
+Per-layer micro-benchmarks do not add up to the whole model: alone, every conv pays ORT's layout reorders
+(NCHW ↔ NCHWc) at its input and output, while inside the model consecutive convs stay in the blocked layout,
+and a few noisy layer timings can claim more saving than the model has time. So for a speed budget the planner
+searches on the one quantity it can trust, the whole model's measured speedup. The knob is a multiplier μ on
+the saving asked of the selector (``select(need · μ)``); the measured speedup grows with μ. Each round:
 
-    k = (1 − 1/s_measured) / (1 − 1/s_predicted)      (the share of the predicted saving that materialised)
+    f = Σ saved / t_original                      (the summed per-layer saving, as a share of the model time)
+    k = (1 − 1/s_measured) / f                    (the share of it that the whole model showed)
+    μ_next = (1 − 1/(target · AIM)) / (k · (1 − 1/target))
 
-before choosing again with the need divided by k, for a few rounds. The round whose measured speedup is the
-smallest one at or above the target wins (least damage); if none reaches it, the fastest round.
+kept strictly inside the bracket of multipliers already known too slow (s < target) or too fast
+(s > target · OVERSHOOT), by a geometric midpoint when the proposal falls outside. A proposal whose selection
+was already measured is nudged toward the unexplored side. The search stops at a round in
+[target, target · OVERSHOOT], after ``MAX_ROUNDS``, or when no new selection is left; the winner is the least
+damaging round that reaches the target, else the fastest. ``AIM`` sits a little above the target because the
+final measurement scatters by a few percent.
 
 Example:
-    >>> speedup = measure_plan_speedup(prepared.traced.module, plan, example_inputs, batch=32)
+    >>> best, rounds = search(select_at, measure, target=2.5, base_s=0.018)
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,8 +34,11 @@ from convslim.passes.apply_plan import apply_plan
 from convslim.plan import Plan
 from convslim.planner.latency import _session, check_provider, interleaved, onnx_bytes
 
-MAX_ROUNDS = 4
+MAX_ROUNDS = 6
+AIM = 1.03
 OVERSHOOT = 1.08  # a round measuring within [target, target·1.08] ends the search
+NUDGE = 1.06
+NUDGES = 12
 
 
 def measure_plan_speedup(
@@ -52,16 +63,106 @@ def measure_plan_speedup(
     return statistics.median(times["original"]) / statistics.median(times["candidate"]), original_model
 
 
-def correction(predicted_speedup: float, measured_speedup: float) -> float:
-    """k: the share of the predicted saving that the whole model showed (clamped to stay usable)."""
-    predicted = 1 - 1 / max(predicted_speedup, 1 + 1e-9)
+def realised_share(saved_fraction: float, measured_speedup: float) -> float | None:
+    """k: the share of the summed per-layer saving the whole model showed; None if it showed none."""
     measured = 1 - 1 / max(measured_speedup, 1e-9)
-    return min(max(measured / predicted, 0.05), 2.0)
+    if saved_fraction <= 0 or measured <= 0:
+        return None
+    return measured / saved_fraction
+
+
+def propose(tried: list[dict], target: float) -> float:
+    """The next multiplier from the last round's realised share, kept inside the known bracket."""
+    last = tried[-1]
+    k = realised_share(last["saved_fraction"], last["measured_speedup"])
+    goal = 1 - 1 / (target * AIM)
+    proposal = last["multiplier"] * 2 if k is None else goal / (k * (1 - 1 / target))
+    low, high = bracket(tried, target)
+    if low is not None and proposal <= low:
+        proposal = low * 1.25 if high is None else math.sqrt(low * high)
+    if high is not None and proposal >= high:
+        proposal = high / 1.25 if low is None else math.sqrt(low * high)
+    return proposal
+
+
+def bracket(tried: list[dict], target: float) -> tuple[float | None, float | None]:
+    """Largest multiplier known too slow, smallest known too fast."""
+    slow = [r["multiplier"] for r in tried if r["measured_speedup"] < target]
+    fast = [r["multiplier"] for r in tried if r["measured_speedup"] > target * OVERSHOOT]
+    return (max(slow) if slow else None), (min(fast) if fast else None)
 
 
 def pick_round(rounds: list[dict], target: float) -> dict:
-    """The least-speedup round that reaches the target (least damage), else the fastest."""
+    """The least damaging round that reaches the target, else the fastest."""
     reaching = [r for r in rounds if r["measured_speedup"] >= target]
     if reaching:
-        return min(reaching, key=lambda r: r["measured_speedup"])
+        return min(reaching, key=lambda r: (r["predicted_error"], r["measured_speedup"]))
     return max(rounds, key=lambda r: r["measured_speedup"])
+
+
+def search(
+    select_at: Callable[[float], tuple],
+    measure: Callable[[object], float],
+    target: float,
+    base_s: float,
+    progress: bool = False,
+) -> tuple[tuple, list[dict]]:
+    """Rounds of choose → measure (see module docstring). ``select_at(μ)`` returns ``(selection, layers,
+    saved_s)`` with ``selection.choice`` and ``selection.predicted_error``; ``measure(layers)`` the whole-model
+    speedup. Returns the winning ``select_at`` result and the rounds (the winner marked ``chosen``)."""
+    rounds: list[dict] = []
+    states: dict[str, tuple] = {}
+    multiplier = 1.0
+    for index in range(MAX_ROUNDS):
+        state = _unmeasured(select_at, multiplier, rounds, states, target)
+        if state is None:
+            break
+        multiplier, (selection, layers, saved) = state
+        if saved <= 0:
+            break
+        measured = measure(layers)
+        key = _key(selection)
+        states[key] = (selection, layers, saved)
+        rounds.append(
+            {
+                "round": index + 1,
+                "multiplier": round(multiplier, 4),
+                "saved_fraction": saved / base_s,
+                "measured_speedup": measured,
+                "predicted_error": selection.predicted_error,
+                "_key": key,
+            }
+        )
+        if progress:
+            print(f"  plan round {index + 1}: need x{multiplier:.2f}, whole model measured {measured:.2f}x")
+        if target <= measured <= target * OVERSHOOT:
+            break
+        multiplier = propose(rounds, target)
+    if not rounds:
+        return select_at(1.0), []
+    best = pick_round(rounds, target)
+    best["chosen"] = True
+    winner = states[best["_key"]]
+    for r in rounds:
+        r.pop("_key")
+    return winner, rounds
+
+
+def _key(selection) -> str:
+    return repr(sorted(selection.choice.items()))
+
+
+def _unmeasured(select_at, multiplier, rounds, states, target):
+    """``(μ, select_at(μ))`` for the first μ from ``multiplier`` on whose selection is new; None if none is."""
+    if not rounds:
+        return multiplier, select_at(multiplier)
+    step = NUDGE if rounds[-1]["measured_speedup"] < target else 1 / NUDGE
+    low, high = bracket(rounds, target)
+    for _ in range(NUDGES):
+        if (low is not None and multiplier <= low) or (high is not None and multiplier >= high):
+            return None
+        state = select_at(multiplier)
+        if _key(state[0]) not in states:
+            return multiplier, state
+        multiplier *= step
+    return None

@@ -2,26 +2,77 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convslim.api import prepare
 from convslim.models import resnet20
 from convslim.planner import plan_budgeted
-from convslim.planner.closed_loop import correction, pick_round
+from convslim.planner.closed_loop import MAX_ROUNDS, OVERSHOOT, pick_round, realised_share, search
 
 
-def test_correction_is_the_share_of_saving_that_materialised():
-    # predicted 2x (half the time saved), measured 1.33x (a quarter saved): half of the saving was real
-    assert correction(2.0, 4 / 3) == pytest.approx(0.5)
-    assert correction(2.0, 2.0) == pytest.approx(1.0)
-    assert correction(2.0, 0.9) == 0.05  # slower than the original: clamped, never negative
+def test_realised_share_is_the_share_of_saving_that_materialised():
+    # the layer sums claim half the time saved; the model measured 1.33x (a quarter saved): half was real
+    assert realised_share(0.5, 4 / 3) == pytest.approx(0.5)
+    assert realised_share(0.5, 2.0) == pytest.approx(1.0)
+    assert realised_share(0.5, 0.9) is None  # slower than the original: no share to scale by
+    assert realised_share(1.7, 3.0) == pytest.approx((2 / 3) / 1.7)  # layer sums above the model time
 
 
-def test_pick_round_prefers_the_least_speedup_that_reaches_the_target():
-    rounds = [{"measured_speedup": s} for s in (1.7, 2.9, 2.6)]
+def test_pick_round_prefers_the_least_damage_that_reaches_the_target():
+    rounds = [{"measured_speedup": s, "predicted_error": e} for s, e in ((1.7, 0.2), (2.9, 0.9), (2.6, 0.5))]
     assert pick_round(rounds, 2.5)["measured_speedup"] == 2.6
     assert pick_round(rounds[:1], 2.5)["measured_speedup"] == 1.7  # none reaches: the fastest
+
+
+@dataclass
+class _Selection:
+    choice: dict = field(default_factory=dict)
+    predicted_error: float = 0.0
+
+
+def _synthetic(savings: list[float], share: float, base_s: float, target: float):
+    """A model whose layers save ``savings`` (s) by their own sums but only ``share`` of that as a whole."""
+    need = base_s * (1 - 1 / target)
+
+    def select_at(multiplier):
+        taken, total = [], 0.0
+        for i, s in enumerate(savings):
+            if total >= need * multiplier:
+                break
+            taken.append(i)
+            total += s
+        return _Selection({i: "x" for i in taken}, math.sqrt(len(taken))), list(taken), total
+
+    def measure(layers):
+        fraction = sum(savings[i] for i in layers) / base_s
+        return 1 / max(1 - share * fraction, 0.05)
+
+    return select_at, measure
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    share=st.floats(0.35, 1.6),
+    target=st.floats(1.3, 3.0),
+    savings=st.lists(st.floats(0.002, 0.02), min_size=40, max_size=60),
+)
+def test_search_lands_in_the_target_window_when_the_steps_allow_it(share, target, savings):
+    base_s = 0.1
+    select_at, measure = _synthetic(savings, share, base_s, target)
+    reachable = sorted(measure(list(range(n))) for n in range(len(savings) + 1))
+    (selection, layers, _), rounds = search(select_at, measure, target, base_s)
+    assert 1 <= len(rounds) <= MAX_ROUNDS and sum(r.get("chosen", False) for r in rounds) == 1
+    got = measure(layers)
+    if any(target * 1.005 <= s <= target * OVERSHOOT * 0.995 for s in reachable):
+        assert target <= got <= target * OVERSHOOT, rounds
+    elif reachable[-1] < target:
+        assert got == pytest.approx(reachable[-1])  # out of reach: the fastest selection measured
 
 
 def test_speed_budget_reports_whole_model_measurements(tmp_path, monkeypatch):
