@@ -26,7 +26,7 @@ import torch
 from convslim.convert.base import dense_cost
 from convslim.errors import UsageError
 from convslim.plan import LayerDecision, Plan, decide
-from convslim.planner.budget import Option, select
+from convslim.planner.budget import Option, blend, select
 from convslim.planner.candidates import Candidate, candidates_for, parse_forms
 from convslim.planner.closed_loop import measure_plan_speedup, search
 from convslim.planner.damage import measure_damage, probe_inputs
@@ -90,7 +90,8 @@ def plan_budgeted(
     measure_candidates(module, sites, everything, batch, provider, cache, seconds, progress)
     # damage only where it can matter: a candidate measured slower than its layer is never chosen
     faster = [c for c in everything if c.measured.get("ratio", float("inf")) < 1.0]
-    measure_damage(module, faster, probe_inputs(prepared.example_inputs, calibration), progress)
+    probe = probe_inputs(prepared.example_inputs, calibration)
+    measure_damage(module, faster, probe, progress, refit=calibration is not None)
     base_s = time_model(module, prepared.example_inputs, batch, provider, seconds=max(5 * seconds, 0.1))
     total_macs = sum(dense_cost(s).macs for s in prepared.sites)
     table = {layer: [_option(c, budget) for c in cands] for layer, cands in per_layer.items()}
@@ -181,7 +182,11 @@ def _close_the_loop(prepared, table, need, target, base_s, build, batch, provide
         original_onnx[:] = [onnx]
         return speedup
 
-    (chosen, layers, saved), rounds = search(select_at, measure, target, base_s, progress)
+    def between(slow, fast):
+        blended = blend(table, slow[0], fast[0])
+        return None if blended is None else (blended, *build(blended))
+
+    (chosen, layers, saved), rounds = search(select_at, measure, target, base_s, progress, between)
     winner = next((r for r in rounds if r.get("chosen")), None)
     return chosen, layers, saved, rounds, (winner["measured_speedup"] if winner else None)
 

@@ -112,3 +112,42 @@ def _trim(options, current, need: float, saving: float, energy: float) -> tuple[
                 current[opt.layer] = alt
                 break
     return saving, energy
+
+
+def blend(table: dict[str, list[Option]], slow: Selection, fast: Selection) -> Selection | None:
+    """A selection between ``slow`` and ``fast``: half of the layers where they differ take ``fast``'s choice,
+    those whose switch buys the most saving per unit of added error energy first. None if they differ in
+    fewer than two layers (nothing lies between them).
+
+    The greedy's selections jump as the need grows (its trim pass re-balances many layers at once), so when the
+    whole-model speedups of two neighbouring selections straddle the target, this bisects between them.
+    """
+    index = {(o.layer, o.key): o for opts in table.values() for o in opts}
+
+    def option(selection: Selection, layer: str) -> Option | None:
+        key = selection.choice.get(layer)
+        return None if key is None else index[(layer, key)]
+
+    def gain_per_energy(layer: str) -> float:
+        old, new = option(slow, layer), option(fast, layer)
+        gain = (new.saving if new else 0.0) - (old.saving if old else 0.0)
+        cost = (new.energy if new else 0.0) - (old.energy if old else 0.0)
+        return float("inf") if cost <= 0 else gain / cost
+
+    differing = [layer for layer in table if slow.choice.get(layer) != fast.choice.get(layer)]
+    if len(differing) < 2:
+        return None
+    switched = sorted(differing, key=gain_per_energy, reverse=True)[: len(differing) // 2]
+    choice = dict(slow.choice)
+    for layer in switched:
+        if layer in fast.choice:
+            choice[layer] = fast.choice[layer]
+        else:
+            choice.pop(layer, None)
+    picked = [index[(layer, key)] for layer, key in choice.items()]
+    return Selection(
+        choice=choice,
+        saving=sum(o.saving for o in picked),
+        energy=sum(o.energy for o in picked),
+        reached=True,
+    )

@@ -12,7 +12,9 @@ the saving asked of the selector (``select(need · μ)``); the measured speedup 
 
 kept strictly inside the bracket of multipliers already known too slow (s < target) or too fast
 (s > target · OVERSHOOT), by a geometric midpoint when the proposal falls outside. A proposal whose selection
-was already measured is nudged toward the unexplored side. The search stops at a round in
+was already measured is nudged toward the unexplored side; when no multiplier inside the bracket gives a new
+selection (the greedy jumps), ``between`` bisects in selection space, between the slowest selection above the
+window and the fastest one below the target (``budget.blend``). The search stops at a round in
 [target, target · OVERSHOOT], after ``MAX_ROUNDS``, or when no new selection is left; the winner is the least
 damaging round that reaches the target, else the fastest. ``AIM`` sits a little above the target because the
 final measurement scatters by a few percent.
@@ -34,7 +36,7 @@ from convslim.passes.apply_plan import apply_plan
 from convslim.plan import Plan
 from convslim.planner.latency import _session, check_provider, interleaved, onnx_bytes
 
-MAX_ROUNDS = 6
+MAX_ROUNDS = 8
 AIM = 1.03
 OVERSHOOT = 1.08  # a round measuring within [target, target·1.08] ends the search
 NUDGE = 1.06
@@ -47,7 +49,7 @@ def measure_plan_speedup(
     example_inputs: tuple,
     batch: int,
     provider: str = "CPUExecutionProvider",
-    seconds: float = 2.0,
+    seconds: float = 3.0,  # as the report's measurement
     original_model: bytes | None = None,
 ) -> tuple[float, bytes]:
     """Whole-model speedup of ``plan`` applied to ``module`` (interleaved medians) and the original's ONNX."""
@@ -106,15 +108,18 @@ def search(
     target: float,
     base_s: float,
     progress: bool = False,
+    between: Callable[[tuple, tuple], tuple | None] | None = None,
 ) -> tuple[tuple, list[dict]]:
     """Rounds of choose → measure (see module docstring). ``select_at(μ)`` returns ``(selection, layers,
     saved_s)`` with ``selection.choice`` and ``selection.predicted_error``; ``measure(layers)`` the whole-model
-    speedup. Returns the winning ``select_at`` result and the rounds (the winner marked ``chosen``)."""
+    speedup; ``between(slow_state, fast_state)`` a state between two (or None). Returns the winning ``select_at`` result and the rounds (the winner marked ``chosen``)."""
     rounds: list[dict] = []
     states: dict[str, tuple] = {}
     multiplier = 1.0
     for index in range(MAX_ROUNDS):
         state = _unmeasured(select_at, multiplier, rounds, states, target)
+        if state is None and between is not None:
+            state = _bisected(between, rounds, states, target)
         if state is None:
             break
         multiplier, (selection, layers, saved) = state
@@ -166,3 +171,17 @@ def _unmeasured(select_at, multiplier, rounds, states, target):
             return multiplier, state
         multiplier *= step
     return None
+
+
+def _bisected(between, rounds, states, target):
+    """``(μ, state)`` between the closest measured selections on either side of the window, or None."""
+    slow = [r for r in rounds if r["measured_speedup"] < target]
+    fast = [r for r in rounds if r["measured_speedup"] > target * OVERSHOOT]
+    if not slow or not fast:
+        return None
+    below = max(slow, key=lambda r: r["measured_speedup"])
+    above = min(fast, key=lambda r: r["measured_speedup"])
+    state = between(states[below["_key"]], states[above["_key"]])
+    if state is None or _key(state[0]) in states:
+        return None
+    return math.sqrt(below["multiplier"] * above["multiplier"]), state

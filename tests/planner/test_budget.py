@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from convslim.planner.budget import Option, select
+from convslim.planner.budget import Option, Selection, blend, select
 
 
 def _table():
@@ -77,3 +77,13 @@ def test_speedup_budget_arithmetic_through_plan_numbers():
     chosen = select(table, need=need)
     assert 10.0 / (10.0 - chosen.saving) >= 2.0
     assert chosen.choice == {"x": "x1"}
+
+
+def test_blend_switches_half_the_differing_layers_most_efficient_first():
+    table = _table()
+    slow, fast = Selection({"a": "a2", "b": "b2"}), Selection({"a": "a1", "b": "b1", "c": "c1"})
+    mid = blend(table, slow, fast)
+    # per unit of added energy: b2→b1 gains 3/0.0099, a2→a1 3/0.0875, c 3/0.25; half of 3 layers is 1: b
+    assert mid.choice == {"a": "a2", "b": "b1"}
+    assert mid.saving == pytest.approx(2.0 + 4.0) and mid.energy == pytest.approx(0.05**2 + 0.10**2)
+    assert blend(table, slow, Selection({"a": "a1", "b": "b2"})) is None  # one layer apart: nothing between

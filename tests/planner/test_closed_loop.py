@@ -75,6 +75,27 @@ def test_search_lands_in_the_target_window_when_the_steps_allow_it(share, target
         assert got == pytest.approx(reachable[-1])  # out of reach: the fastest selection measured
 
 
+def test_search_bisects_between_selections_when_the_greedy_jumps():
+    # the selector knows only "few layers" and "all layers"; between them only bisection can land in the window
+    savings, base_s, target = [0.002] * 40, 0.1, 2.0
+    _, measure = _synthetic(savings, 1.0, base_s, target)
+
+    def state(n):
+        return _Selection({i: "x" for i in range(n)}, math.sqrt(n)), list(range(n)), 0.002 * n
+
+    def select_at(multiplier):
+        return state(10 if multiplier < 1.5 else 40)
+
+    def between(slow, fast):
+        low, high = len(slow[1]), len(fast[1])
+        return None if high - low < 2 else state((low + high) // 2)
+
+    stuck = search(select_at, measure, target, base_s)[1]
+    assert not any(target <= r["measured_speedup"] <= target * OVERSHOOT for r in stuck)  # without it
+    (_, layers, _), rounds = search(select_at, measure, target, base_s, between=between)
+    assert target <= measure(layers) <= target * OVERSHOOT, rounds
+
+
 def test_speed_budget_reports_whole_model_measurements(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVSLIM_CACHE_DIR", str(tmp_path))
     prepared = prepare(resnet20().eval(), torch.randn(1, 3, 32, 32))
