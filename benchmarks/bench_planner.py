@@ -73,7 +73,15 @@ def main() -> None:
         ]
         for target in (float(t) for t in args.targets.split(",")):
             rows.append(
-                run_one(model, example, val, calibration, f"{args.to} ×{target}", to=args.to, target_speedup=target)
+                run_one(
+                    model,
+                    example,
+                    val,
+                    calibration,
+                    f"{args.to} ×{target}",
+                    to=args.to,
+                    target_speedup=target,
+                )
             )
             print(rows[-1], flush=True)
         for label in (u.strip() for u in args.uniform.split(",") if u.strip()):

@@ -126,3 +126,27 @@ def test_a_form_that_raises_only_loses_its_candidates(prepared, monkeypatch):
     )
     assert [c.form for c in cands] == ["dwsep"]
     assert any("unfinished" in r for r in reasons)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_damage_after_refit_is_lower_for_heads_and_unchanged_otherwise(seed):
+    from convslim.planner.damage import measure_damage, probe_inputs
+
+    torch.manual_seed(seed)
+    prepared = prepare(Tiny().eval(), torch.randn(1, 3, 12, 12))
+
+    grid = {"dwsep": [{"rank": 1}], "spatial": [{"rank": 1}]}
+    probe = probe_inputs(prepared.example_inputs, torch.randn(16, 3, 12, 12))
+    damage = {}
+    for refit in (False, True):
+        cands = [
+            c for site in prepared.sites[1:] for c in candidates_for(site, ["dwsep", "spatial"], grid)[0]
+        ]
+        measure_damage(prepared.traced.module, cands, probe, refit=refit)
+        damage[refit] = {(c.layer, c.form): c.measured["damage"] for c in cands}
+    for (layer, form), before in damage[False].items():
+        after = damage[True][(layer, form)]
+        if form == "dwsep":  # least squares on the layer's own inputs can only lower its output error
+            assert after < before, (layer, before, after)
+        else:  # no linear 1x1 heads to refit: measured as initialised
+            assert after == pytest.approx(before)
