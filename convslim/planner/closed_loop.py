@@ -112,7 +112,8 @@ def search(
 ) -> tuple[tuple, list[dict]]:
     """Rounds of choose → measure (see module docstring). ``select_at(μ)`` returns ``(selection, layers,
     saved_s)`` with ``selection.choice`` and ``selection.predicted_error``; ``measure(layers)`` the whole-model
-    speedup; ``between(slow_state, fast_state)`` a state between two (or None). Returns the winning ``select_at`` result and the rounds (the winner marked ``chosen``)."""
+    speedup; ``between(slow_state, fast_state)`` a state between two (or None). Returns the winning state and
+    the rounds (the winner marked ``chosen``)."""
     rounds: list[dict] = []
     states: dict[str, tuple] = {}
     multiplier = 1.0
