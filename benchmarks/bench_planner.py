@@ -3,8 +3,9 @@
 For each model and target speedup: plan (``--to auto``; timed cold or warm depending on the cache), apply,
 export, measure the whole-model speedup at batch 32 as ``compress`` does; then the uniform baselines
 (``dwsep`` rank 1 by default). Output error is the relative L2 of the logits vs the BN-folded original on the
-first 500 validation images; calibration (damage probes) is 64 training images; top-1 is on all of ``cifar10_val5k.npz`` (no fine-tuning here). Timings are noisy
-on a shared machine: the report's spread warnings say when.
+first 500 validation images; calibration (damage probes) is 64 training images; top-1 is on all of
+``cifar10_val5k.npz`` (no fine-tuning here). Timings are noisy on a shared machine: the report's spread
+warnings say when.
 
 Example:
     python benchmarks/bench_planner.py --models resnet20 --targets 2.5

@@ -153,8 +153,8 @@ def interleaved_times(
     last = dict.fromkeys(names, 0.0)
     start = time.perf_counter()
     i = 0
-    while min(len(t) for t in times.values()) < max_runs and (
-        min(len(t) for t in times.values()) < min_runs or time.perf_counter() - start < seconds
+    while (fewest := min(len(t) for t in times.values())) < max_runs and (
+        fewest < min_runs or time.perf_counter() - start < seconds
     ):
         for name in names if i % 2 == 0 else names[::-1]:
             if last[name] < block:
