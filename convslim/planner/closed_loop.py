@@ -87,11 +87,20 @@ def propose(tried: list[dict], target: float) -> float:
     return proposal
 
 
+def _sides(tried: list[dict], target: float) -> tuple[list[dict], list[dict]]:
+    """The rounds measured too slow (below the target) and too fast (above the window)."""
+    slow = [r for r in tried if r["measured_speedup"] < target]
+    fast = [r for r in tried if r["measured_speedup"] > target * OVERSHOOT]
+    return slow, fast
+
+
 def bracket(tried: list[dict], target: float) -> tuple[float | None, float | None]:
     """Largest multiplier known too slow, smallest known too fast."""
-    slow = [r["multiplier"] for r in tried if r["measured_speedup"] < target]
-    fast = [r["multiplier"] for r in tried if r["measured_speedup"] > target * OVERSHOOT]
-    return (max(slow) if slow else None), (min(fast) if fast else None)
+    slow, fast = _sides(tried, target)
+    return (
+        max(r["multiplier"] for r in slow) if slow else None,
+        min(r["multiplier"] for r in fast) if fast else None,
+    )
 
 
 def pick_round(rounds: list[dict], target: float) -> dict:
@@ -132,7 +141,7 @@ def search(
         rounds.append(
             {
                 "round": index + 1,
-                "multiplier": round(multiplier, 4),
+                "multiplier": multiplier,
                 "saved_fraction": saved / base_s,
                 "measured_speedup": measured,
                 "predicted_error": selection.predicted_error,
@@ -151,6 +160,7 @@ def search(
     winner = states[best["_key"]]
     for r in rounds:
         r.pop("_key")
+        r["multiplier"] = round(r["multiplier"], 4)
     return winner, rounds
 
 
@@ -159,25 +169,33 @@ def _key(selection) -> str:
 
 
 def _unmeasured(select_at, multiplier, rounds, states, target):
-    """``(μ, select_at(μ))`` for the first μ from ``multiplier`` on whose selection is new; None if none is."""
+    """``(μ, select_at(μ))`` for the first μ from ``multiplier`` on whose selection is new; None if none is.
+
+    A repeated selection moves μ away from it: up if it measured too slow, down if too fast, by ``NUDGE`` or
+    half the remaining (geometric) gap to the bracket's edge, whichever is smaller."""
     if not rounds:
         return multiplier, select_at(multiplier)
-    step = NUDGE if rounds[-1]["measured_speedup"] < target else 1 / NUDGE
     low, high = bracket(rounds, target)
+    measured = {r["_key"]: r["measured_speedup"] for r in rounds}
     for _ in range(NUDGES):
         if (low is not None and multiplier <= low) or (high is not None and multiplier >= high):
             return None
         state = select_at(multiplier)
-        if _key(state[0]) not in states:
+        key = _key(state[0])
+        if key not in states:
             return multiplier, state
-        multiplier *= step
+        up = measured[key] < target
+        edge = high if up else low
+        step = multiplier * (NUDGE if up else 1 / NUDGE)
+        if edge is not None and (step >= edge if up else step <= edge):
+            step = math.sqrt(multiplier * edge)
+        multiplier = step
     return None
 
 
 def _bisected(between, rounds, states, target):
     """``(μ, state)`` between the closest measured selections on either side of the window, or None."""
-    slow = [r for r in rounds if r["measured_speedup"] < target]
-    fast = [r for r in rounds if r["measured_speedup"] > target * OVERSHOOT]
+    slow, fast = _sides(rounds, target)
     if not slow or not fast:
         return None
     below = max(slow, key=lambda r: r["measured_speedup"])
