@@ -32,7 +32,9 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,10 @@ from convslim.errors import UsageError
 
 POLICIES = ("consistent", "gather")
 DEFAULT_GROUPS = 4
+# co_cluster results by content: a layer is clustered for its weight error, its conversion and each regroup of
+# the permutation pass, and one Hungarian assignment on a 2048-channel layer takes seconds
+_CLUSTER_CACHE: OrderedDict = OrderedDict()
+_CLUSTER_CACHE_SIZE = 512
 
 
 class GroupedConv(nn.Module):
@@ -136,6 +142,26 @@ def co_cluster(e: np.ndarray, groups: int, fixed_in=None, fixed_out=None, max_it
     return best[1], best[2]
 
 
+def cached_co_cluster(e: np.ndarray, groups: int, fixed_in=None, fixed_out=None):
+    """``co_cluster`` memoised on the bytes of E and of the fixed sides (it is deterministic)."""
+    parts = [
+        e,
+        np.asarray(fixed_in if fixed_in is not None else []),
+        np.asarray(fixed_out if fixed_out is not None else []),
+    ]
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(np.ascontiguousarray(part).tobytes() + b"|")
+    key = (digest.hexdigest(), e.shape, groups, fixed_in is None, fixed_out is None)
+    if key not in _CLUSTER_CACHE:
+        _CLUSTER_CACHE[key] = co_cluster(e, groups, fixed_in, fixed_out)
+        while len(_CLUSTER_CACHE) > _CLUSTER_CACHE_SIZE:
+            _CLUSTER_CACHE.popitem(last=False)
+    _CLUSTER_CACHE.move_to_end(key)
+    out_labels, in_labels = _CLUSTER_CACHE[key]
+    return out_labels.copy(), in_labels.copy()
+
+
 def labels_to_perm(labels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.argsort(labels, kind="stable")).long()
 
@@ -199,7 +225,7 @@ def convert_grouped(
     e = energy_matrix(conv.weight, setting.get("in_scale"))
     fin = None if fixed_in is None else perm_to_labels(fixed_in, groups)
     fout = None if fixed_out is None or width else perm_to_labels(fixed_out, groups)
-    out_labels, in_labels = co_cluster(e, groups, fin, fout)
+    out_labels, in_labels = cached_co_cluster(e, groups, fin, fout)
     in_perm = labels_to_perm(in_labels) if fixed_in is None else fixed_in
     source = (
         copy.deepcopy(conv),

@@ -13,6 +13,12 @@ Stride, padding and dilation split by axis: (s_h,1),(p_h,0),(d_h,1) on the first
 on the second; 'same'/'valid' padding and every padding mode are separable by axis, so they are kept as they
 are. The bias goes on the second conv.
 
+A kernel with a unit axis (1×1, Kh×1, 1×Kw) has nothing left to split spatially; the same SVD is then a rank-r
+factorisation of its channel mixing (Kh×1 C→r, then 1×1 r→M; a 1×1 becomes 1×1 C→r → 1×1 r→M), taken like any
+other layer only where it saves MACs. In a bottleneck ResNet those 1×1 convs are where half rank saves anything:
+on a square 3×3 conv with C = M, full rank is 3C and half rank costs r·(3C + 3M) = 9C², the dense cost, so
+such layers are skipped. ``--exclude`` keeps chosen layers dense.
+
 Cost with r per group: params r·(C·Kh + M·Kw); MACs r·C·Kh·H'·W + r·M·Kw·H'·W' per call (the first conv
 keeps the input width W, which equals W' for stride 1 and 'same'-like padding: then r·(C·Kh + M·Kw)·H'W').
 A layer is skipped when that is not below the dense cost.
@@ -158,9 +164,6 @@ class SpatialForm(Form):
         reason = plain_conv2d_reason(conv)
         if reason:
             return reason
-        _, _, kh, kw = conv.weight.shape
-        if kh == 1 or kw == 1:
-            return f"{kh}x{kw} kernel: already separated along one axis"
         return self.no_saving_reason(site, setting, f"rank {setting['rank']}")
 
     def cost(self, site: ConvSite, setting: dict[str, Any]) -> Cost:

@@ -12,8 +12,16 @@ from torch import nn
 
 from convslim import compress
 from convslim.convert import get_form
+from convslim.convert import grouped as grouped_module
 from convslim.convert.base import ConvSite
-from convslim.convert.grouped import co_cluster, convert_grouped, effective_weight, full_width, kept_energy
+from convslim.convert.grouped import (
+    cached_co_cluster,
+    co_cluster,
+    convert_grouped,
+    effective_weight,
+    full_width,
+    kept_energy,
+)
 from convslim.errors import UsageError
 from convslim.models import load_cifar_resnet
 
@@ -85,6 +93,19 @@ def test_co_clustering_never_keeps_less_than_identity():
     out_l, in_l = co_cluster(e, 3)
     identity = kept_energy(e, np.arange(24) // 8, np.arange(12) // 4)
     assert kept_energy(e, out_l, in_l) >= identity
+
+
+def test_cached_co_clustering_matches_and_keys_on_content(monkeypatch):
+    calls = []
+    monkeypatch.setattr(grouped_module, "co_cluster", lambda *a: calls.append(a) or co_cluster(*a))
+    e = np.random.default_rng(2).random((16, 8)) ** 4
+    first = cached_co_cluster(e, 2)
+    first[0][:] = -1  # callers get copies: mutating one must not poison the cache
+    again = cached_co_cluster(e.copy(), 2)
+    assert len(calls) == 1 and all(np.array_equal(a, b) for a, b in zip(again, co_cluster(e, 2), strict=True))
+    cached_co_cluster(e, 2, fixed_in=again[1])  # a pinned side is a different problem
+    cached_co_cluster(e + 1e-3, 2)
+    assert len(calls) == 3
 
 
 def _site(conv, shape=(8, 8)):

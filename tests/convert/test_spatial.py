@@ -98,8 +98,9 @@ def test_energy_picks_rank_and_bad_options_are_usage_errors():
 
 def test_skip_reasons_and_costs():
     form = get_form("spatial")
-    pointwise = nn.Conv2d(8, 8, 1)
-    assert "already separated" in form.supports(_site(pointwise, (8, 4, 4), (8, 4, 4)), {"rank": 1})
+    pointwise = nn.Conv2d(8, 8, 1)  # a 1x1 is a channel factorisation C→r→M: saves MACs only when 2r < 8
+    assert "no saving" in form.supports(_site(pointwise, (8, 4, 4), (8, 4, 4)), {"rank": 4})
+    assert form.supports(_site(pointwise, (8, 4, 4), (8, 4, 4)), {"rank": 3}) is None
     conv = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False)
     site = _site(conv, (16, 16, 16), (32, 8, 8))
     assert "no saving" in form.supports(site, {"rank": 48})
