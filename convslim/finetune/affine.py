@@ -10,7 +10,9 @@ Training BN. BN was folded before rewriting, so the student trains without norma
 damaged start. ``TrainNorm`` puts a BatchNorm after a replacement, initialised to the identity in eval mode
 (running μ, σ² from calibration outputs, γ = √(σ²+ε), β = μ), so training sees batch statistics. Afterwards
 ``fold_norm`` absorbs the eval transform a·y + b (a = γ/√(σ²+ε), b = β − μ·a) into the heads:
-W_h ← a·W_h, b_head ← a·b_head + b, leaving the module structurally the one the plan built.
+W_h ← a·W_h, b_head ← a·b_head + b, leaving the module structurally the one the plan built. Forms without
+linear heads fold it into the conv that produces their output (``fold_targets``); without BN, AdamW at the
+learning rates dwsep needs drove a spatial ResNet-20 from 90 % to 10 % top-1.
 
 Example:
     >>> heads = linear_heads(sep, x)          # [sep.pointwise[0]] for a rank-1 dwsep
@@ -53,6 +55,28 @@ def linear_heads(module: nn.Module, sample: torch.Tensor, rtol: float = 1e-4) ->
     for heads in (called, called[-1:]):
         if heads and _sums_to(out, [outputs[id(m)][0] for m in heads], rtol):
             return heads
+    return None
+
+
+@torch.no_grad()
+def fold_targets(module: nn.Module, sample: torch.Tensor) -> list[nn.Conv2d] | None:
+    """Convs a BatchNorm after ``module`` can be folded into: its linear heads, or else the one conv whose
+    output *is* the module's output (spatial's 1×Kw conv), since a per-channel affine map folds into any
+    conv's output rows whatever its kernel or groups."""
+    heads = linear_heads(module, sample)
+    if heads:
+        return heads
+    convs = [m for m in module.modules() if type(m) is nn.Conv2d]
+    outputs: dict[int, list[torch.Tensor]] = {id(m): [] for m in convs}
+    handles = [m.register_forward_hook(lambda mod, a, out: outputs[id(mod)].append(out)) for m in convs]
+    try:
+        out = module(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    for m in reversed(convs):
+        if len(outputs[id(m)]) == 1 and isinstance(out, torch.Tensor) and _sums_to(out, outputs[id(m)], 0.0):
+            return [m]
     return None
 
 

@@ -45,7 +45,7 @@ def test_hand_made_replacement_takes_gradient_steps(tiny, tiny_data):
     rows, heads = reconstruct(teacher, student, ["block.0"], list(tiny_data.batches(32)), "cpu")
     assert rows[0]["method"] == "gradient"
     assert rows[0]["error_after"] < rows[0]["error_before"]
-    assert heads["block.0"] is None
+    assert heads["block.0"] == [student.block[0].spatial]  # no heads to solve for, but a BN folds into it
 
 
 def test_batchnorm_wrapper_folds_back_exactly(tiny_compressed, tiny_data):
@@ -66,3 +66,23 @@ def test_batchnorm_wrapper_folds_back_exactly(tiny_compressed, tiny_data):
     unwrap_all(student, wrapped)
     assert type(student.get_submodule(names[0])).__name__ == "DepthwiseSeparableConv"
     assert torch.allclose(student(x), wrapped_out, atol=1e-5)
+
+
+def test_spatial_replacement_trains_with_a_batchnorm_that_folds_into_its_last_conv():
+    from convslim.convert.spatial import convert_spatial
+    from convslim.finetune.affine import TrainNorm, fold_norm, fold_targets
+
+    torch.manual_seed(0)
+    sep = convert_spatial(nn.Conv2d(6, 8, 3, padding=1), 4)
+    x = torch.randn(16, 6, 9, 9)
+    targets = fold_targets(sep, x)
+    assert linear_heads(sep, x) is None and targets == [sep[1]]  # no 1x1 heads; the 1×Kw conv is the output
+    wrapped = TrainNorm(sep, targets, 8)
+    with torch.no_grad():
+        wrapped.bn.weight.uniform_(0.5, 2.0)
+        wrapped.bn.bias.normal_()
+        wrapped.bn.running_mean.normal_()
+        wrapped.bn.running_var.uniform_(0.5, 2.0)
+        expected = wrapped.eval()(x)
+        folded = fold_norm(wrapped)
+        assert torch.allclose(folded(x), expected, atol=1e-5)
