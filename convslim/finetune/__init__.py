@@ -5,7 +5,7 @@ rewritten layer to the original layer's outputs on ~1k calibration images (``rec
 BatchNorm after every replacement that can absorb it again (``affine``), train block-wise against the teacher's
 features (phase A), then end-to-end KD + CE (phase B), validating at intervals and keeping the best weights;
 fold the BatchNorms back, so the model is exactly what the plan builds (ONNX export and ``load_compressed``
-work unchanged). Ctrl-C / SIGTERM stop cleanly with the best weights so far (``interrupted`` in the report).
+work unchanged). If stage 2 ends below stage 1 on the validation data, the stage-1 weights are returned. Ctrl-C / SIGTERM stop cleanly with the best weights so far (``interrupted`` in the report).
 
 The budget (``steps`` and/or ``minutes``) covers the whole run; phase A gets ``feature_fraction`` of what is
 left after stage 1.
@@ -102,6 +102,7 @@ def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
         report["batchnorm_recalibrated"] = recalibrate_batchnorm(student, calib, device)
         report["stage1"] = {"layers": rows, "seconds": round(time.perf_counter() - start, 1)}
         accuracy["stage1"] = score(student)
+        after_stage1 = copy.deepcopy(student.state_dict())
         best = _stage2(
             teacher, student, names, heads, train, calib, s, budget, stop, gen, device, score, report
         )
@@ -109,6 +110,11 @@ def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
             student.load_state_dict(best)
         unwrap_all(student, report.pop("_wrapped", []))
         accuracy["stage2"] = score(student)
+        if accuracy["stage2"] is not None and accuracy["stage2"] < accuracy["stage1"]:
+            # distillation only made it worse (too high a learning rate for a near-recovered model): the user
+            # gets the better model; both scores stay in the report
+            student.load_state_dict(after_stage1)
+            report["kept"] = "stage1"
         report["interrupted"] = stop.requested
         report["stopped_by"] = stop.signal_name
     report["accuracy"] = accuracy
@@ -179,6 +185,8 @@ def _summary(accuracy: dict, report: dict) -> dict:
         for key in ("original", "compressed", "stage1", "stage2"):
             if accuracy.get(key) is not None:
                 out[f"{accuracy['metric']} {key}"] = f"{accuracy[key]:.2%}"
+    if report.get("kept") == "stage1":
+        out["kept"] = "stage-1 weights (stage 2 scored lower)"
     out["time"] = f"{report['wall_time_s']:.0f} s"
     if report["interrupted"]:
         out["INTERRUPTED"] = f"by {report['stopped_by']}, best weights so far kept"

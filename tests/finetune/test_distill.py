@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -62,3 +63,22 @@ def test_augment_keeps_shape_and_moves_pixels():
     assert out.shape == x.shape and not torch.equal(out, x)
     small = torch.randn(2, 3, 8, 8)
     assert augment(small, torch.Generator()) is small
+
+
+def test_stage2_that_scores_below_stage1_returns_the_stage1_weights(tiny_compressed, tiny_data, monkeypatch):
+    import convslim.finetune as ft
+
+    def wrecking_stage2(teacher, student, *args):
+        with torch.no_grad():
+            for param in student.parameters():
+                param.copy_(torch.randn_like(param))  # what a far too high learning rate does
+        args[-1]["_wrapped"] = []
+
+    monkeypatch.setattr(ft, "_stage2", wrecking_stage2)
+    prepared, p, student = tiny_compressed
+    model, report = ft.finetune(tiny_data, tiny_data, steps=2, progress=False)(prepared, student, p)
+    accuracy = report["accuracy"]
+    assert accuracy["stage2"] < accuracy["stage1"] and report["kept"] == "stage1"
+    with torch.no_grad():
+        predicted = model.eval()(tiny_data.x).argmax(1)
+    assert float((predicted == tiny_data.y).float().mean()) == pytest.approx(accuracy["stage1"], abs=1e-4)
