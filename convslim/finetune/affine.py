@@ -42,13 +42,7 @@ def linear_heads(module: nn.Module, sample: torch.Tensor, rtol: float = 1e-4) ->
     candidates = [m for m in module.modules() if _is_plain_1x1(m)]
     if not candidates:
         return None
-    outputs: dict[int, list[torch.Tensor]] = {id(m): [] for m in candidates}
-    handles = [m.register_forward_hook(lambda mod, a, out: outputs[id(mod)].append(out)) for m in candidates]
-    try:
-        out = module(sample)
-    finally:
-        for h in handles:
-            h.remove()
+    out, outputs = _run_recording(module, candidates, sample)
     if not isinstance(out, torch.Tensor) or out.dim() != 4:
         return None
     called = [m for m in candidates if len(outputs[id(m)]) == 1 and m.out_channels == out.shape[1]]
@@ -67,17 +61,22 @@ def fold_targets(module: nn.Module, sample: torch.Tensor) -> list[nn.Conv2d] | N
     if heads:
         return heads
     convs = [m for m in module.modules() if type(m) is nn.Conv2d]
-    outputs: dict[int, list[torch.Tensor]] = {id(m): [] for m in convs}
-    handles = [m.register_forward_hook(lambda mod, a, out: outputs[id(mod)].append(out)) for m in convs]
-    try:
-        out = module(sample)
-    finally:
-        for h in handles:
-            h.remove()
+    out, outputs = _run_recording(module, convs, sample)
     for m in reversed(convs):
         if len(outputs[id(m)]) == 1 and isinstance(out, torch.Tensor) and _sums_to(out, outputs[id(m)], 0.0):
             return [m]
     return None
+
+
+def _run_recording(module: nn.Module, convs: list[nn.Conv2d], sample: torch.Tensor):
+    """``module(sample)`` and, by ``id``, every output each of ``convs`` produced during that call."""
+    outputs: dict[int, list[torch.Tensor]] = {id(m): [] for m in convs}
+    handles = [m.register_forward_hook(lambda mod, a, out: outputs[id(mod)].append(out)) for m in convs]
+    try:
+        return module(sample), outputs
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _sums_to(out: torch.Tensor, parts: list[torch.Tensor], rtol: float) -> bool:
