@@ -5,7 +5,8 @@ rewritten layer to the original layer's outputs on ~1k calibration images (``rec
 BatchNorm after every replacement that can absorb it again (``affine``), train block-wise against the teacher's
 features (phase A), then end-to-end KD + CE (phase B), validating at intervals and keeping the best weights;
 fold the BatchNorms back, so the model is exactly what the plan builds (ONNX export and ``load_compressed``
-work unchanged). If stage 2 ends below stage 1 on the validation data, the stage-1 weights are returned. Ctrl-C / SIGTERM stop cleanly with the best weights so far (``interrupted`` in the report).
+work unchanged). If stage 2 ends below stage 1 on the validation data, the stage-1 weights are returned.
+Ctrl-C / SIGTERM stop cleanly with the best weights so far (``interrupted`` in the report).
 
 The budget (``steps`` and/or ``minutes``) covers the whole run; phase A gets ``feature_fraction`` of what is
 left after stage 1.
