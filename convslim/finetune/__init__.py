@@ -103,7 +103,8 @@ def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
         report["batchnorm_recalibrated"] = recalibrate_batchnorm(student, calib, device)
         report["stage1"] = {"layers": rows, "seconds": round(time.perf_counter() - start, 1)}
         accuracy["stage1"] = score(student)
-        after_stage1 = copy.deepcopy(student.state_dict())
+        # only a validation score can show stage 2 did worse, so only then is the stage-1 state worth keeping
+        after_stage1 = copy.deepcopy(student.state_dict()) if accuracy["stage1"] is not None else None
         best = _stage2(
             teacher, student, names, heads, train, calib, s, budget, stop, gen, device, score, report
         )
@@ -111,7 +112,7 @@ def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
             student.load_state_dict(best)
         unwrap_all(student, report.pop("_wrapped", []))
         accuracy["stage2"] = score(student)
-        if accuracy["stage2"] is not None and accuracy["stage2"] < accuracy["stage1"]:
+        if after_stage1 is not None and accuracy["stage2"] < accuracy["stage1"]:
             # distillation only made it worse (too high a learning rate for a near-recovered model): the user
             # gets the better model; both scores stay in the report
             student.load_state_dict(after_stage1)

@@ -11,7 +11,7 @@ damaged start. ``TrainNorm`` puts a BatchNorm after a replacement, initialised t
 (running μ, σ² from calibration outputs, γ = √(σ²+ε), β = μ), so training sees batch statistics. Afterwards
 ``fold_norm`` absorbs the eval transform a·y + b (a = γ/√(σ²+ε), b = β − μ·a) into the heads:
 W_h ← a·W_h, b_head ← a·b_head + b, leaving the module structurally the one the plan built. Forms without
-linear heads fold it into the conv that produces their output (``fold_targets``); without BN, AdamW at the
+linear heads fold it into the conv that produces their output (``output_conv``); without BN, AdamW at the
 learning rates dwsep needs drove a spatial ResNet-20 from 90 % to 10 % top-1.
 
 Example:
@@ -53,17 +53,16 @@ def linear_heads(module: nn.Module, sample: torch.Tensor, rtol: float = 1e-4) ->
 
 
 @torch.no_grad()
-def fold_targets(module: nn.Module, sample: torch.Tensor) -> list[nn.Conv2d] | None:
-    """Convs a BatchNorm after ``module`` can be folded into: its linear heads, or else the one conv whose
-    output *is* the module's output (spatial's 1×Kw conv), since a per-channel affine map folds into any
-    conv's output rows whatever its kernel or groups."""
-    heads = linear_heads(module, sample)
-    if heads:
-        return heads
+def output_conv(module: nn.Module, sample: torch.Tensor) -> list[nn.Conv2d] | None:
+    """``[conv]`` for the one conv whose output *is* ``module``'s output on ``sample`` (spatial's 1×Kw conv), or
+    None. A BatchNorm after a module without linear heads folds into it: a per-channel affine map folds into
+    any conv's output rows whatever its kernel or groups."""
     convs = [m for m in module.modules() if type(m) is nn.Conv2d]
     out, outputs = _run_recording(module, convs, sample)
+    if not isinstance(out, torch.Tensor):
+        return None
     for m in reversed(convs):
-        if len(outputs[id(m)]) == 1 and isinstance(out, torch.Tensor) and _sums_to(out, outputs[id(m)], 0.0):
+        if len(outputs[id(m)]) == 1 and _sums_to(out, outputs[id(m)], 0.0):
             return [m]
     return None
 

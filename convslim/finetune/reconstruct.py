@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from convslim.finetune.affine import fold_targets, linear_heads
+from convslim.finetune.affine import linear_heads, output_conv
 
 GRADIENT_STEPS = 60
 
@@ -56,7 +56,7 @@ def capture_input(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
 
 def reconstruct(teacher, student, names, batches, device, progress=False, stop=None):
     """Refit every layer in ``names`` in order (see module docstring); returns (report rows, convs by name that
-    a BatchNorm after the layer could fold into: ``affine.fold_targets``)."""
+    a BatchNorm after the layer could fold into: its linear heads, else ``affine.output_conv``)."""
     teacher.eval()
     student.eval()
     rows, heads_by_name = [], {}
@@ -66,7 +66,7 @@ def reconstruct(teacher, student, names, batches, device, progress=False, stop=N
         pairs = _layer_pairs(teacher, student, name, batches, device)
         module = student.get_submodule(name)
         heads = linear_heads(module, pairs[0][0][:4])
-        heads_by_name[name] = heads or fold_targets(module, pairs[0][0][:4])
+        heads_by_name[name] = heads or output_conv(module, pairs[0][0][:4])
         before = relative_error(module, pairs)
         saved = copy.deepcopy(module.state_dict())
         method = "least-squares" if heads else "gradient"

@@ -70,12 +70,12 @@ def test_batchnorm_wrapper_folds_back_exactly(tiny_compressed, tiny_data):
 
 def test_spatial_replacement_trains_with_a_batchnorm_that_folds_into_its_last_conv():
     from convslim.convert.spatial import convert_spatial
-    from convslim.finetune.affine import TrainNorm, fold_norm, fold_targets
+    from convslim.finetune.affine import TrainNorm, fold_norm, output_conv
 
     torch.manual_seed(0)
     sep = convert_spatial(nn.Conv2d(6, 8, 3, padding=1), 4)
     x = torch.randn(16, 6, 9, 9)
-    targets = fold_targets(sep, x)
+    targets = output_conv(sep, x)
     assert linear_heads(sep, x) is None and targets == [sep[1]]  # no 1x1 heads; the 1×Kw conv is the output
     wrapped = TrainNorm(sep, targets, 8)
     with torch.no_grad():
