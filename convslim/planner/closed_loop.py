@@ -12,7 +12,8 @@ the saving asked of the selector (``select(need · μ)``); the measured speedup 
 
 kept strictly inside the bracket of multipliers already known too slow (s < target) or too fast
 (s > target · OVERSHOOT), by a geometric midpoint when the proposal falls outside. A proposal whose selection
-was already measured is nudged toward the unexplored side; when no multiplier inside the bracket gives a new
+was already measured moves toward the unexplored side, bisecting between the multipliers known to give
+selections on either side; when no multiplier inside the bracket gives a new
 selection (the greedy jumps), ``between`` bisects in selection space, between the slowest selection above the
 window and the fastest one below the target (``budget.blend``). The search stops at a round in
 [target, target · OVERSHOOT], after ``MAX_ROUNDS``, or when no new selection is left; the winner is the least
@@ -171,8 +172,9 @@ def _key(selection) -> str:
 def _unmeasured(select_at, multiplier, rounds, states, target):
     """``(μ, select_at(μ))`` for the first μ from ``multiplier`` on whose selection is new; None if none is.
 
-    A repeated selection moves μ away from it: up if it measured too slow, down if too fast, by ``NUDGE`` or
-    half the remaining (geometric) gap to the bracket's edge, whichever is smaller."""
+    A repeated selection moves μ away from it: up if it measured too slow, down if too fast. The μ that gave
+    the repeat becomes that side's edge, so once both edges are known the steps bisect (geometrically) and
+    cannot hop back and forth over a narrow range of μ that holds a new selection."""
     if not rounds:
         return multiplier, select_at(multiplier)
     low, high = bracket(rounds, target)
@@ -184,12 +186,14 @@ def _unmeasured(select_at, multiplier, rounds, states, target):
         key = _key(state[0])
         if key not in states:
             return multiplier, state
-        up = measured[key] < target
-        edge = high if up else low
-        step = multiplier * (NUDGE if up else 1 / NUDGE)
-        if edge is not None and (step >= edge if up else step <= edge):
-            step = math.sqrt(multiplier * edge)
-        multiplier = step
+        if measured[key] < target:
+            low = multiplier
+        else:
+            high = multiplier
+        if low is not None and high is not None:
+            multiplier = math.sqrt(low * high)
+        else:
+            multiplier = multiplier * NUDGE if high is None else multiplier / NUDGE
     return None
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from convslim.api import prepare
@@ -61,6 +61,16 @@ def _synthetic(savings: list[float], share: float, base_s: float, target: float)
     share=st.floats(0.35, 1.6),
     target=st.floats(1.3, 3.0),
     savings=st.lists(st.floats(0.002, 0.02), min_size=40, max_size=60),
+)
+@example(  # a narrow range of μ held the only selection in the window; nudging by 6 % hopped over it
+    share=0.3828125,
+    target=2.25,
+    savings=[0.015625, 0.015625]
+    + [0.01953125] * 3
+    + [0.0078125, 0.01171875]
+    + [0.00390625] * 3
+    + [0.005859375, 0.015625, 0.00390625]
+    + [0.015625] * 27,
 )
 def test_search_lands_in_the_target_window_when_the_steps_allow_it(share, target, savings):
     base_s = 0.1
