@@ -22,27 +22,13 @@ import torch
 from torch import nn
 
 from convslim.convert import get_form
-from convslim.convert.base import ConvSite
+from convslim.core import ConvSite, Plan, Prepared, TracedModel
 from convslim.errors import PlanError, UsageError
 from convslim.passes import apply_plan, collect_conv_sites, fold_batchnorm, trace_model
-from convslim.passes.trace import TracedModel, propagate_shapes_, without_export_guards
-from convslim.plan import Plan, make_plan
+from convslim.passes.trace import propagate_shapes_, without_export_guards
+from convslim.plan import make_plan
 from convslim.report import Report
 from convslim.verify import DEFAULT_RTOL
-
-
-@dataclass
-class Prepared:
-    """A model ready to plan on: the eval-mode original, its BN-folded working copy, and its conv sites."""
-
-    original: nn.Module
-    traced: TracedModel
-    sites: list[ConvSite]
-    batchnorm_folded: int
-
-    @property
-    def example_inputs(self) -> tuple:
-        return self.traced.example_inputs
 
 
 @dataclass

@@ -240,8 +240,8 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 def _compress(args: argparse.Namespace) -> int:
     from convslim.api import compress
+    from convslim.core import Plan
     from convslim.outputs import check_output_dir
-    from convslim.plan import Plan
 
     check_output_dir(
         args.out, inputs=[args.model] + ([args.plan] if args.plan else []), overwrite=args.overwrite

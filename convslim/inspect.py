@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from convslim.convert import get_form
-from convslim.convert.base import dense_cost
+from convslim.core import Prepared, dense_cost
 
 
-def inspect_rows(prepared, forms: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
+def inspect_rows(prepared: Prepared, forms: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for site in prepared.sites:
         cost = dense_cost(site)

@@ -16,16 +16,16 @@ import torch
 from torch import nn
 
 from convslim.convert import get_form
+from convslim.core import Plan, Prepared
 from convslim.export import export_onnx, export_program, op_counts
 from convslim.outputs import staged_output_dir
-from convslim.plan import Plan
 from convslim.report import Report
 from convslim.verify import compare_models, cuda_available_for_ort, measure_speed, onnx_parity
 
 PARITY_BATCH_SIZES = (1, 4)
 
 
-def weight_errors(prepared, plan: Plan) -> dict[str, float | None]:
+def weight_errors(prepared: Prepared, plan: Plan) -> dict[str, float | None]:
     modules = dict(prepared.traced.module.named_modules())
     return {d.name: get_form(d.form).weight_error(modules[d.name], d.setting) for d in plan.rewritten}
 
@@ -49,7 +49,7 @@ def parity_batches(example_inputs: tuple, calibration: torch.Tensor | None) -> l
 
 
 def export_and_verify(
-    prepared,
+    prepared: Prepared,
     compressed: nn.Module,
     plan: Plan,
     report: Report,

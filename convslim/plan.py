@@ -1,6 +1,6 @@
-"""Plans: which conv gets which form at which setting, and why the others are skipped.
+"""The uniform planning policy (``make_plan``) and the per-conv decision every policy builds (``decide``).
 
-A plan is data (inspect it, save it as JSON, edit it, apply it later). ``make_plan`` is the default policy:
+``Plan`` and ``LayerDecision`` are data in ``convslim.core`` (re-exported here). ``make_plan`` is the default policy:
 one form, settings from the user's options, every conv the form supports. Other policies (a budgeted
 planner) produce the same ``Plan``.
 
@@ -12,62 +12,10 @@ Example:
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from convslim.convert import get_form
-from convslim.convert.base import ConvSite, dense_cost
-from convslim.errors import PlanError
-
-PLAN_VERSION = 1
-
-
-@dataclass
-class LayerDecision:
-    """What happens to one conv. ``form`` is None when it is kept, and then ``skipped_reason`` says why."""
-
-    name: str
-    form: str | None
-    setting: dict[str, Any]
-    skipped_reason: str | None
-    weight_shape: list[int]
-    in_shape: list[int]
-    out_shape: list[int]
-    params_before: int
-    params_after: int
-    macs_before: int
-    macs_after: int
-    measured: dict[str, Any] | None = None  # budgeted planner: latency ratio, damage, candidates
-
-
-@dataclass
-class Plan:
-    form: str
-    options: dict[str, Any]
-    layers: list[LayerDecision] = field(default_factory=list)
-    version: int = PLAN_VERSION
-    planning: dict[str, Any] | None = None  # budgeted planner: budget, predicted speedup/error, planning time
-
-    @property
-    def rewritten(self) -> list[LayerDecision]:
-        return [d for d in self.layers if d.form is not None]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "plan") -> Plan:
-        try:
-            raw = json.loads(text)
-            layers = [LayerDecision(**d) for d in raw.pop("layers")]
-            if raw.get("version") != PLAN_VERSION:
-                raise PlanError(f"{source}: plan version {raw.get('version')} is not {PLAN_VERSION}")
-            return cls(layers=layers, **raw)
-        except (json.JSONDecodeError, TypeError, KeyError) as exc:
-            raise PlanError(
-                f"{source} is not a convslim plan ({exc}); make one with `convslim plan`"
-            ) from None
+from convslim.core import PLAN_VERSION, ConvSite, LayerDecision, Plan, dense_cost
 
 
 def decide(
@@ -117,5 +65,8 @@ def make_plan(
         layers.append(decide(site, form_name, form.settings_from_options(site, options)))
     plan = Plan(form=form_name, options=dict(options), layers=layers)
     for node_name, reason in (unconvertible or {}).items():
-        plan.layers.append(LayerDecision(node_name, None, {}, reason, [], [], [], 0, 0, 0, 0))
+        plan.layers.append(LayerDecision.skipped(node_name, reason))
     return plan
+
+
+__all__ = ["PLAN_VERSION", "LayerDecision", "Plan", "decide", "make_plan"]

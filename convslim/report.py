@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from convslim.plan import Plan
+from convslim.core import Plan
 
 
 @dataclass

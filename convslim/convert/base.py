@@ -9,49 +9,11 @@ planner may pick others.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Cost:
-    """Parameters and multiply-accumulates per sample (batch 1), summed over every call of the conv."""
-
-    params: int
-    macs: int
-
-
-@dataclass
-class ConvSite:
-    """One conv module of the model and the shapes it sees: ``calls`` holds (input CHW, output CHW) per call."""
-
-    name: str
-    conv: nn.Module
-    calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
-    input_sample: torch.Tensor | None = None  # this conv's inputs on calibration data, when data was given
-
-    @property
-    def in_shape(self) -> tuple[int, ...]:
-        return self.calls[0][0] if self.calls else ()
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        return self.calls[0][1] if self.calls else ()
-
-    def output_pixels(self) -> int:
-        """Σ over calls of H_out·W_out (the factor every per-pixel cost is multiplied by)."""
-        return sum(out[-1] * out[-2] for _, out in self.calls if len(out) >= 2)
-
-
-def dense_cost(site: ConvSite) -> Cost:
-    """Standard conv: params (C/g)·Kh·Kw·M (+M bias); MACs (C/g)·Kh·Kw·M·H'·W' per call."""
-    conv = site.conv
-    weight_params = conv.weight.numel()
-    bias = conv.bias.numel() if getattr(conv, "bias", None) is not None else 0
-    return Cost(params=weight_params + bias, macs=weight_params * site.output_pixels())
+from convslim.core.sites import ConvSite, Cost, dense_cost
 
 
 def plain_conv2d_reason(conv: nn.Module) -> str | None:
@@ -69,7 +31,6 @@ class Form:
     """Base class of a conversion form. Subclasses set ``name`` and implement the four methods."""
 
     name: str = ""
-    summary: str = ""
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         """Turn user options into this conv's concrete setting (policy; the planner may override it)."""
@@ -102,3 +63,6 @@ class Form:
         """Graph-level work after this form's convs were swapped in (e.g. folding channel permutations or
         cancelling split/merge pairs). Gets and returns the whole (copied) model; appends report notes."""
         return module
+
+
+__all__ = ["ConvSite", "Cost", "Form", "dense_cost", "plain_conv2d_reason"]

@@ -137,7 +137,6 @@ def dwsep_weight_error(weight: torch.Tensor, rank: int) -> float:
 
 class DwsepForm(Form):
     name = "dwsep"
-    summary = "depthwise KxK + pointwise 1x1, rank-T per-input-channel SVD"
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         energy = options.get("energy")

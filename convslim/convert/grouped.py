@@ -44,6 +44,7 @@ from torch import nn
 
 from convslim.convert import register_form
 from convslim.convert.base import ConvSite, Cost, Form, plain_conv2d_reason
+from convslim.core.regroup import Regroupable
 from convslim.errors import UsageError
 
 POLICIES = ("consistent", "gather")
@@ -54,7 +55,7 @@ _CLUSTER_CACHE: OrderedDict = OrderedDict()
 _CLUSTER_CACHE_SIZE = 512
 
 
-class GroupedConv(nn.Module):
+class GroupedConv(Regroupable):
     """x[:, in_index] → grouped conv → (1×1 mix) → [:, out_index]; absent indices mean no gather."""
 
     def __init__(self, conv: nn.Conv2d, mix: nn.Conv2d | None, in_index, out_index, source=None, orders=None):
@@ -76,6 +77,24 @@ class GroupedConv(nn.Module):
         if self.out_index is not None:
             y = y.index_select(1, self.out_index)
         return y
+
+    @property
+    def in_channels(self) -> int:
+        return self.conv.in_channels
+
+    def channel_orders(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.orders
+
+    def output_conv(self) -> nn.Conv2d | None:
+        return self.mix
+
+    def regroup(self, setting, *, fixed_in, fixed_out, gather_in: bool, gather_out: bool) -> GroupedConv:
+        if self._source is None:
+            raise RuntimeError("this grouped layer was finalized; regroup it before fold_permutations ends")
+        return convert_grouped(self._source[0], setting, fixed_in, fixed_out, gather_in, gather_out)
+
+    def release_source(self) -> None:
+        self._source = None
 
 
 def energy_matrix(weight: torch.Tensor, in_scale=None) -> np.ndarray:
@@ -269,7 +288,6 @@ def channel_scale(sample: torch.Tensor | None) -> list[float] | None:
 
 class GroupedForm(Form):
     name = "grouped"
-    summary = "grouped conv (g groups) on co-clustered channels; --mix adds a 1x1 group mixer"
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         groups = options.get("groups")
@@ -321,7 +339,7 @@ class GroupedForm(Form):
         from convslim.passes.permute import fold_permutations
 
         settings = {d.name: d.setting for d in decisions}
-        module = fold_permutations(module, settings, _rebuilder, notes)
+        module = fold_permutations(module, settings, notes)
         # ORT runs grouped convs on its blocked NCHWc path only with 8- or 16-channel blocks per group
         odd = [d.name for d in decisions if (d.weight_shape[1] // d.setting["groups"]) % 8]
         if odd:
@@ -331,15 +349,6 @@ class GroupedForm(Form):
                 + (" ..." if len(odd) > 6 else "")
             )
         return module
-
-
-def _rebuilder(module: GroupedConv, setting: dict[str, Any]):
-    """What the graph pass calls to regroup a layer with pinned orders and without some of its gathers."""
-
-    def rebuild(fixed_in, fixed_out, gather_in: bool, gather_out: bool) -> GroupedConv:
-        return convert_grouped(module._source[0], setting, fixed_in, fixed_out, gather_in, gather_out)
-
-    return rebuild
 
 
 @torch.no_grad()

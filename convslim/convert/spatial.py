@@ -152,7 +152,6 @@ def resolve_rank(conv: nn.Conv2d, options: dict[str, Any]) -> int:
 
 class SpatialForm(Form):
     name = "spatial"
-    summary = "Kh×1 then 1×Kw convs from an SVD of the (C·Kh)×(Kw·M) weight (Jaderberg scheme 2)"
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         if plain_conv2d_reason(site.conv):

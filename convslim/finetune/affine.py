@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from convslim.core import set_submodule
+
 
 def _is_plain_1x1(m: nn.Module) -> bool:
     return (
@@ -139,12 +141,6 @@ def can_fold(heads: list[nn.Conv2d] | None) -> bool:
     """A BN can be folded into heads only if one of them has a bias (adding one would change the plan's
     state_dict keys, which ``load_compressed`` must match)."""
     return bool(heads) and any(h.bias is not None for h in heads)
-
-
-def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
 
 
 def wrap_all(

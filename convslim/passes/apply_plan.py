@@ -15,8 +15,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from convslim.convert import get_form
+from convslim.core import Plan, set_submodule
 from convslim.errors import PlanError
-from convslim.plan import Plan
 
 
 def apply_plan(
@@ -36,7 +36,7 @@ def apply_plan(
                 f"{list(conv.weight.shape)}; make the plan on this model"
             )
         replacement = get_form(decision.form).convert(conv, decision.setting)
-        _set_submodule(module, decision.name, replacement)
+        set_submodule(module, decision.name, replacement)
     notes = [] if notes is None else notes
     for form_name in dict.fromkeys(d.form for d in rewritten):
         decisions = [d for d in rewritten if d.form == form_name]
@@ -58,9 +58,3 @@ def _find_conv(module: nn.Module, name: str) -> nn.Module:
             f"layer {name!r} is a {type(conv).__name__}, not a Conv2d; make the plan on this model"
         )
     return conv
-
-
-def _set_submodule(root: nn.Module, target: str, new: nn.Module) -> None:
-    parent_name, _, child = target.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)

@@ -21,6 +21,8 @@ from collections import Counter
 import torch
 from torch import fx, nn
 
+from convslim.core import delete_submodule
+
 BATCHNORMS = (nn.BatchNorm2d,)
 
 
@@ -45,7 +47,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
         fuse_conv_bn_(conv, bn)
         node.replace_all_uses_with(producer)
         gm.graph.erase_node(node)
-        _delete_submodule(gm, node.target)
+        delete_submodule(gm, node.target)
         folded += 1
     gm.graph.lint()
     gm.recompile()
@@ -66,9 +68,3 @@ def fuse_conv_bn_(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
     else:
         conv.bias.copy_(new_bias.to(conv.bias.dtype))
-
-
-def _delete_submodule(root: nn.Module, target: str) -> None:
-    parent_name, _, child = target.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    delattr(parent, child)

@@ -26,7 +26,7 @@ import operator
 import torch.nn.functional as F
 from torch import fx
 
-from convslim.convert.octave import (
+from convslim.convert.octave_conv import (
     OctaveConv2d,
     octave_merge,
     octave_split_high,

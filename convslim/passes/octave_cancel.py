@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import fx, nn
 
-from convslim.convert.octave import octave_merge, octave_split_high, octave_split_low
+from convslim.convert.octave_conv import octave_merge, octave_split_high, octave_split_low
 from convslim.passes.octave_ops import describe_consumer, op_kind, shape_of
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from torch import fx, nn
 
-from convslim.convert.octave import OctaveConv2d, convert_octave, lowest, n_low
+from convslim.convert.octave_conv import OctaveConv2d, convert_octave, lowest, n_low
+from convslim.core import set_submodule
 from convslim.passes.octave_ops import op_kind, shape_of
 
 
@@ -134,7 +135,7 @@ def assign_channels_(gm: fx.GraphModule, decisions: list) -> None:
         low_in = assigner.low(node.args[0], conv.in_channels)
         low_out = assigner.low(node, conv.out_channels)
         if low_in != wrapper.low_in.tolist() or low_out != wrapper.low_out.tolist():
-            _replace(gm, node.target, convert_octave(conv, low_in, low_out))
+            set_submodule(gm, node.target, convert_octave(conv, low_in, low_out))
         decision = by_name.get(node.target)
         if decision is not None:
             decision.setting["low_in"], decision.setting["low_out"] = low_in, low_out
@@ -147,9 +148,3 @@ def octave_macs(conv: nn.Conv2d, low_in: list[int], low_out: list[int], dense_ma
     hi_in, hi_out, lo_in, lo_out = c_in - len(low_in), c_out - len(low_out), len(low_in), len(low_out)
     quarter_terms = hi_in * lo_out + lo_in * hi_out + lo_in * lo_out
     return dense_macs * (4 * hi_in * hi_out + quarter_terms) // (4 * c_in * c_out)
-
-
-def _replace(root: nn.Module, target: str, new: nn.Module) -> None:
-    parent_name, _, child = target.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)

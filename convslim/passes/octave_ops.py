@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from convslim.convert.octave import octave_merge, octave_split_high, octave_split_low
+from convslim.convert.octave_conv import octave_split_high, octave_split_low
 
 UNARY_MODULES = (
     nn.ReLU,
@@ -55,7 +55,6 @@ UNARY_METHODS = {"relu", "sigmoid", "tanh", "contiguous"}
 BINARY_FUNCTIONS = {operator.add, torch.add, operator.sub, torch.sub, operator.mul, torch.mul}
 BINARY_METHODS = {"add", "sub", "mul"}
 CATS = {torch.cat, torch.concat}
-OCTAVE_FUNCTIONS = {octave_merge, octave_split_high, octave_split_low}
 
 
 def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:

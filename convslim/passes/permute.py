@@ -13,22 +13,24 @@ permutations commute with element-wise ops (ReLU, ...), so along a chain of them
   policy ``consistent`` pins that side to the identity order (no gather, a less free grouping), policy
   ``gather`` keeps the explicit gather. The notes count each case and its reason.
 
-Layers are regrouped in graph order through the ``rebuild`` callback the form passes in, so the pass only moves
-channel orders around: the folded model equals the gathered one up to float rounding (property-tested).
+Layers are regrouped in graph order through their ``Regroupable.regroup`` (``convslim.core.regroup``), so the
+pass only moves channel orders around: the folded model equals the gathered one up to float rounding
+(property-tested).
 
 Example:
-    >>> gm = fold_permutations(gm, {"layer1.0.conv1": setting}, rebuild_for, notes)
+    >>> gm = fold_permutations(gm, {"layer1.0.conv1": setting}, notes)
 """
 
 from __future__ import annotations
 
 import operator
 from collections import Counter
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from convslim.core.regroup import Regroupable
 
 # Ops that treat every channel alike (element-wise activations, spatial pooling): a channel permutation
 # commutes with them, so it can be moved across them.
@@ -114,7 +116,7 @@ def consumers_of(node: fx.Node, modules: dict) -> tuple[list[fx.Node] | None, st
 
 
 def _conv_like(module: nn.Module) -> bool:
-    return hasattr(module, "orders") or (type(module) is nn.Conv2d and module.groups == 1)
+    return isinstance(module, Regroupable) or (type(module) is nn.Conv2d and module.groups == 1)
 
 
 @torch.no_grad()
@@ -129,10 +131,10 @@ def permute_in_channels_(conv: nn.Conv2d, perm: torch.Tensor) -> None:
     conv.weight.copy_(conv.weight[:, perm])
 
 
-def fold_permutations(gm: nn.Module, settings: dict[str, dict], rebuilder: Callable, notes: list[str]):
+def fold_permutations(gm: nn.Module, settings: dict[str, dict], notes: list[str]):
     """Regroup every layer named in ``settings`` with its gathers folded where the graph allows (module doc)."""
     if not isinstance(gm, fx.GraphModule):
-        _drop_sources(gm, settings)
+        _release_sources(gm, settings)
         notes.append("grouped: model not traced, so every permutation stays an explicit gather in its layer")
         return gm
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
@@ -145,33 +147,38 @@ def fold_permutations(gm: nn.Module, settings: dict[str, dict], rebuilder: Calla
             continue
         modules = dict(gm.named_modules())
         name = node.target
+        layer = modules[name]
+        if not isinstance(layer, Regroupable):
+            raise TypeError(f"fold_permutations: {name} is a {type(layer).__name__}, not a Regroupable layer")
         setting = settings[name]
         policy = setting.get("permute", "consistent")
         if calls[name] != 1:
             tally["gather (layer called more than once)"] += 2
             continue
         fixed_in, gather_in, fold_into = _input_side(node, modules, calls, raw_order, policy, tally)
-        has_out = "width" not in setting
+        has_out = layer.channel_orders()[1] is not None
         fixed_out, gather_out, consumers = None, False, []
         if has_out:
             consumers, reason = consumers_of(node, modules)
             if consumers is None or any(calls[c.target] != 1 for c in consumers):
                 reason = reason or "consumer called more than once"
                 consumers = []
-                fixed_out, gather_out = _coupled(policy, len(modules[name].orders[1]), reason, tally)
+                fixed_out, gather_out = _coupled(policy, len(layer.channel_orders()[1]), reason, tally)
             else:
                 tally["folded"] += 1
-        new = rebuilder(modules[name], setting)(fixed_in, fixed_out, gather_in, gather_out)
+        new = layer.regroup(
+            setting, fixed_in=fixed_in, fixed_out=fixed_out, gather_in=gather_in, gather_out=gather_out
+        )
         gm.add_submodule(name, new)
-        in_perm, out_perm = new.orders
+        in_perm, out_perm = new.channel_orders()
         if fold_into is not None:
             permute_out_channels_(fold_into, in_perm)
         if has_out and not gather_out and fixed_out is None:
             raw_order[name] = out_perm
             for c in consumers:
-                if not hasattr(modules[c.target], "orders"):
+                if not isinstance(modules[c.target], Regroupable):
                     permute_in_channels_(modules[c.target], out_perm)
-    _drop_sources(gm, settings)
+    _release_sources(gm, settings)
     notes.append(_summary(tally))
     gm.recompile()
     return gm
@@ -188,15 +195,15 @@ def _input_side(node, modules, calls, raw_order, policy, tally):
         tally["folded"] += 1
         return None, False, target
     reason = reason or "producer is not a plain conv"
-    fixed, gather = _coupled(policy, modules[node.target].conv.in_channels, reason, tally)
+    fixed, gather = _coupled(policy, modules[node.target].in_channels, reason, tally)
     return fixed, gather, None
 
 
 def _reorderable_output(module: nn.Module) -> nn.Conv2d | None:
-    """The conv whose output channels can be reordered for free: a plain conv, or a mixed layer's 1x1."""
+    """The conv whose output channels can be reordered for free: a plain conv, or what a regroupable layer offers."""
     if type(module) is nn.Conv2d and module.groups == 1:
         return module
-    return getattr(module, "mix", None)
+    return module.output_conv() if isinstance(module, Regroupable) else None
 
 
 def _coupled(policy: str, channels: int, reason: str, tally: Counter):
@@ -207,11 +214,11 @@ def _coupled(policy: str, channels: int, reason: str, tally: Counter):
     return torch.arange(channels), False
 
 
-def _drop_sources(gm: nn.Module, settings: dict) -> None:
+def _release_sources(gm: nn.Module, settings: dict) -> None:
     for name in settings:
         module = gm.get_submodule(name)
-        if hasattr(module, "_source"):
-            module._source = None
+        if isinstance(module, Regroupable):
+            module.release_source()
 
 
 def _summary(tally: Counter) -> str:

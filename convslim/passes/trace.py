@@ -17,36 +17,18 @@ Example:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from convslim.convert.base import ConvSite
+from convslim.core import ConvSite, TracedModel, parent_of
 from convslim.errors import UsageError
 
 FUNCTIONAL_CONVS = (F.conv2d, torch.conv2d, torch.ops.aten.conv2d.default)
 # aten/torch order: (input, weight, bias, running_mean, running_var, training, momentum, eps, ...)
 ATEN_BATCH_NORMS = (torch.ops.aten.batch_norm.default, torch.batch_norm)
-
-
-@dataclass
-class TracedModel:
-    """The working copy of a model: an FX GraphModule (``mode='fx'``) or a plain module copy (``'module-swap'``)."""
-
-    module: nn.Module
-    example_inputs: tuple
-    mode: str
-    notes: list[str] = field(default_factory=list)
-    unconvertible: dict[str, str] = field(default_factory=dict)  # functional convs: node name -> reason
-
-    @property
-    def graph_module(self) -> fx.GraphModule:
-        if not isinstance(self.module, fx.GraphModule):
-            raise TypeError("this model was not traced; it has no graph")
-        return self.module
 
 
 def trace_model(model: nn.Module, example_inputs: tuple) -> TracedModel:
@@ -185,8 +167,7 @@ def _owner_name(gm: fx.GraphModule, attr_node: fx.Node, fallback: str) -> str:
 
 
 def _set_or_add_submodule(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = gm.get_submodule(parent_name) if parent_name else gm
+    parent, child = parent_of(gm, name)
     if child in parent._modules:
         parent._modules[child] = module
     else:

@@ -23,9 +23,9 @@ from dataclasses import replace
 
 import torch
 
-from convslim.convert.base import dense_cost
+from convslim.core import LayerDecision, Plan, Prepared, dense_cost
 from convslim.errors import UsageError
-from convslim.plan import LayerDecision, Plan, decide
+from convslim.plan import decide
 from convslim.planner.budget import Option, blend, select
 from convslim.planner.candidates import Candidate, candidates_for, parse_forms
 from convslim.planner.closed_loop import measure_plan_speedup, search
@@ -59,7 +59,7 @@ def check_budget(target_speedup=None, target_macs=None, max_error=None) -> str:
 
 
 def plan_budgeted(
-    prepared,
+    prepared: Prepared,
     to: str | Sequence[str] = "auto",
     *,
     target_speedup: float | None = None,
@@ -149,10 +149,7 @@ class _PlanBuilder:
 
     def __call__(self, chosen) -> tuple[list[LayerDecision], float]:
         layers = _decisions(self.prepared.sites, self.per_layer, chosen.choice, self.skipped, self.reasons)
-        layers += [
-            LayerDecision(n, None, {}, r, [], [], [], 0, 0, 0, 0)
-            for n, r in self.prepared.traced.unconvertible.items()
-        ]
+        layers += [LayerDecision.skipped(n, r) for n, r in self.prepared.traced.unconvertible.items()]
         saved = sum(
             c.measured["saved_s"]
             for cands in self.per_layer.values()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convslim.convert import FORMS
-from convslim.convert.base import ConvSite, dense_cost
+from convslim.core import ConvSite, dense_cost
 from convslim.errors import UsageError
 
 # A few options per form: enough to span cheap/lossy to costly/accurate without measuring hundreds of layers.

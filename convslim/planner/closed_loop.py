@@ -33,8 +33,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from convslim.core import Plan
 from convslim.passes.apply_plan import apply_plan
-from convslim.plan import Plan
 from convslim.planner.latency import _session, check_provider, interleaved, onnx_bytes
 
 MAX_ROUNDS = 8

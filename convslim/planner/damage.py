@@ -27,6 +27,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from convslim.core import set_submodule
 from convslim.finetune.affine import linear_heads
 from convslim.finetune.reconstruct import fit_heads
 
@@ -48,14 +49,6 @@ def probe_inputs(example_inputs: tuple, calibration: torch.Tensor | None = None)
 
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _swap(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    old = getattr(parent, child)
-    setattr(parent, child, new)
-    return old
 
 
 class _SuffixRunner:
@@ -115,14 +108,14 @@ def measure_damage(
             continue
         if refit and runner is not None:
             cand.measured["refit"] = _refit(replacement, runner.layer_pair(cand.layer))
-        _swap(module, cand.layer, replacement)
+        set_submodule(module, cand.layer, replacement)
         try:
             out = _first(forward(cand.layer)).double()
             cand.measured["damage"] = float((out - reference).norm() / scale)
         except Exception as exc:  # noqa: BLE001  (a replacement that cannot run in place loses its candidacy)
             cand.measured["error"] = f"forward failed: {str(exc)[:120]}"
         finally:
-            _swap(module, cand.layer, conv)
+            set_submodule(module, cand.layer, conv)
 
 
 def _refit(replacement: nn.Module, pair) -> bool:

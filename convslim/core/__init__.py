@@ -1,0 +1,27 @@
+"""Shared types and FX helpers: the leaf layer every other room may import. It imports nothing of convslim except
+``convslim.errors`` (itself a leaf), so no import cycle can run through it.
+
+Example:
+    >>> from convslim.core import ConvSite, Plan, LayerDecision, Prepared, set_submodule
+"""
+
+from convslim.core.fx import delete_submodule, parent_of, set_submodule
+from convslim.core.plan import PLAN_VERSION, LayerDecision, Plan
+from convslim.core.prepared import Prepared, TracedModel
+from convslim.core.regroup import Regroupable
+from convslim.core.sites import ConvSite, Cost, dense_cost
+
+__all__ = [
+    "PLAN_VERSION",
+    "ConvSite",
+    "Cost",
+    "LayerDecision",
+    "Plan",
+    "Prepared",
+    "Regroupable",
+    "TracedModel",
+    "delete_submodule",
+    "dense_cost",
+    "parent_of",
+    "set_submodule",
+]
