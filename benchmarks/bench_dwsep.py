@@ -17,8 +17,8 @@ import torch
 from common import cifar_arrays, cifar_model, markdown_table, top1
 
 from convslim import compress
-from convslim.export import export_onnx, export_program
-from convslim.verify import compare_models, measure_speed
+from convslim.runtime import TimingSettings, export_model, measure_speed
+from convslim.verify import compare_models
 
 
 def run(model_name: str, rank: int, x_val, y_val, seconds: float) -> dict:
@@ -29,9 +29,11 @@ def run(model_name: str, rank: int, x_val, y_val, seconds: float) -> dict:
     example = (torch.randn(1, 3, 32, 32),)
     with tempfile.TemporaryDirectory() as tmp:
         original_onnx, compressed_onnx = Path(tmp) / "o.onnx", Path(tmp) / "c.onnx"
-        export_onnx(export_program(result.prepared.traced.module, example), example, original_onnx)
-        export_onnx(export_program(result.model, example), example, compressed_onnx)
-        speed = measure_speed(original_onnx, compressed_onnx, example, (1, 32), seconds_per_batch=seconds)
+        export_model(result.prepared.traced.module, example, original_onnx)
+        export_model(result.model, example, compressed_onnx)
+        speed = measure_speed(
+            original_onnx, compressed_onnx, example, (1, 32), settings=TimingSettings(seconds=seconds)
+        )
     error = compare_models(model, result.model, [(x_val[:1000],)])
     totals = result.report.totals
     return {

@@ -19,8 +19,7 @@ import torch
 from common import cifar_arrays, cifar_model, imagenet_model, markdown_table
 
 from convslim import api
-from convslim.export import export_onnx, export_program
-from convslim.verify import measure_speed
+from convslim.runtime import TimingSettings, export_model, measure_speed
 
 SIZES = {"resnet20": 32, "resnet32": 32, "resnet18": 224, "resnet50": 224}
 
@@ -61,7 +60,11 @@ def run_one(name: str, alpha: float, form: str, args, folder: Path, original_onn
         "note": next((n for n in report.notes if n.startswith("octave")), ""),
     }
     speed = measure_speed(
-        original_onnx, out / "model.onnx", (x,), args.batch_sizes, seconds_per_batch=args.seconds
+        original_onnx,
+        out / "model.onnx",
+        (x,),
+        args.batch_sizes,
+        settings=TimingSettings(seconds=args.seconds),
     )
     for batch in args.batch_sizes:
         row[f"speedup b{batch}"] = speed[str(batch)]["speedup"]
@@ -76,7 +79,7 @@ def export_original(name: str, folder: Path) -> Path:
     x = torch.randn(1, 3, SIZES[name], SIZES[name])
     prepared = api.prepare(model, (x,))  # BN folded, exactly what compress compares against
     path = folder / f"{name}-original.onnx"
-    export_onnx(export_program(prepared.traced.module, (x,)), (x,), path)
+    export_model(prepared.traced.module, (x,), path)
     return path
 
 

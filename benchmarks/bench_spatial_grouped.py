@@ -7,14 +7,13 @@ Run from the repository root:
 
     python benchmarks/bench_spatial_grouped.py --models resnet20,resnet32,resnet50 --seconds 2
 
-Timing: both ONNX models in identical ORT sessions, interleaved, median of at least ``--min-runs`` runs per
-batch size (``convslim.verify``'s method; fewer minimum runs so ResNet-50 at batch 32 fits on 2 cores).
+Timing: both ONNX models in identical ORT sessions, alternating blocks, median of at least ``--min-runs`` runs per
+batch size (``convslim.runtime.timing``'s method; fewer minimum runs so ResNet-50 at batch 32 fits on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -26,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cifar_arrays, cifar_model, imagenet_model, markdown_table, top1  # noqa: E402
 
 from convslim import compress  # noqa: E402
-from convslim.export import export_onnx, export_program  # noqa: E402
-from convslim.verify import interleaved_times, make_session, random_inputs  # noqa: E402
+from convslim.runtime import TimingSettings, export_model, measure_models  # noqa: E402
 
 SETTINGS = {
     "spatial": [{"rank": 0.5}, {"rank": 0.25}, {"rank": 0.25, "rank_multiple": 16}],
@@ -40,10 +38,11 @@ QUICK = {"spatial": [{"rank": 0.5}, {"rank": 0.25}], "grouped": [{"groups": 4}]}
 
 
 def time_pair(original: Path, compressed: Path, example: tuple, batch: int, seconds: float, min_runs: int):
-    sessions = {"original": make_session(original), "compressed": make_session(compressed)}
-    times = interleaved_times(sessions, random_inputs(example, batch), seconds, min_runs=min_runs)
-    orig, comp = (statistics.median(times[k]) for k in ("original", "compressed"))
-    return orig * 1e3, comp * 1e3
+    settings = TimingSettings(seconds=seconds, min_runs=min_runs)
+    timed = measure_models(
+        {"original": original, "compressed": compressed}, example, (batch,), settings=settings
+    )
+    return (timed[str(batch)][k].median_s * 1e3 for k in ("original", "compressed"))
 
 
 def run_one(name, model, example, form, options, args, calib, val) -> dict:
@@ -59,7 +58,7 @@ def run_one(name, model, example, form, options, args, calib, val) -> dict:
             **options,
         )
         original = Path(tmp) / "original.onnx"
-        export_onnx(export_program(result.prepared.traced.module, example), example, original)
+        export_model(result.prepared.traced.module, example, original)
         plan = result.plan
         macs_b = sum(d.macs_before for d in plan.layers)
         macs_a = sum(d.macs_after for d in plan.layers)

@@ -28,6 +28,7 @@ from convslim.passes import apply_plan, collect_conv_sites, fold_batchnorm, trac
 from convslim.passes.trace import propagate_shapes_, without_export_guards
 from convslim.plan import make_plan
 from convslim.report import Report
+from convslim.runtime.deploy import DeploySettings
 from convslim.verify import DEFAULT_RTOL
 
 
@@ -169,6 +170,7 @@ def compress(
     target_macs: float | None = None,
     max_error: float | None = None,
     plan_batch: int = 32,
+    deploy: DeploySettings | None = None,
     **options,
 ) -> CompressionResult:
     """Rewrite ``model``'s convs into form ``to``; with ``verify`` export to ONNX and check it with ORT.
@@ -179,8 +181,14 @@ def compress(
     ``compressed_state_dict.pt``, ``report.json`` and ``report.md`` appear there together or not at all.
     With ``to="auto"`` (or ``"a,b"``) and one of ``target_speedup``/``target_macs``/``max_error`` the budgeted
     planner picks per layer (measured at ``plan_batch``); the report then shows predicted vs measured speedup.
+    ``deploy`` (``runtime.deploy.DeploySettings``) names the runtime target (``cpu-int8`` quantizes both models
+    with its calibration images and plans in int8), the export's opset and static shape, and the images accuracy
+    is checked on; the report then compares original and compressed in fp32 and int8.
     """
-    from convslim.pipeline import export_and_verify, weight_errors
+    from convslim.pipeline import VerifySettings, export_and_verify, weight_errors
+
+    deploy = deploy or DeploySettings()
+    deploy.target()  # unknown, unavailable or uncalibrated targets fail now, not after fine-tuning
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -194,6 +202,7 @@ def compress(
             exclude=exclude,
             batch=plan_batch,
             progress=progress,
+            target=deploy.target(),
             **budget,
         )
         timings["plan"] = plan.planning["planning_s"]
@@ -213,19 +222,16 @@ def compress(
     report.timings_s = timings
     if verify or out_dir is not None:
         with tempfile.TemporaryDirectory(prefix="convslim-") as scratch:
-            export_and_verify(
-                prepared,
-                compressed,
-                plan,
-                report,
-                Path(scratch),
-                out_dir=out_dir,
-                overwrite=overwrite,
-                batch_sizes=batch_sizes if measure_speed else (),
-                tolerance=tolerance,
-                calibration=calibration,
-                progress=progress,
+            settings = VerifySettings(
+                out_dir,
+                overwrite,
+                batch_sizes if measure_speed else (),
+                tolerance,
+                calibration,
+                progress,
+                deploy,
             )
+            export_and_verify(prepared, compressed, plan, report, Path(scratch), settings)
     return CompressionResult(compressed, report, plan, prepared)
 
 

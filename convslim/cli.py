@@ -93,25 +93,22 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed for data order and augmentation (default 0)")
 
 
-def _finetune_inputs(args: argparse.Namespace, model, inputs):
-    """(hook, calibration batch) from the data flags, or (None, None) without --data."""
+def _data_sets(args: argparse.Namespace, model, inputs) -> dict:
+    """The data flags given (--data, --val-data, --calib-data), loaded and checked against the model."""
     from convslim.data import check_inputs, check_labels, load_data, parse_floats, parse_size
-    from convslim.finetune import finetune
 
-    if not args.data:
-        if args.val_data:
-            raise UsageError("--val-data needs --data (the training data) as well")
-        return None, None
+    calib = getattr(args, "calib_data", None)
+    if args.val_data and not (args.data or calib):
+        raise UsageError("--val-data needs --data (the training data) or --calib-data as well")
+    flags = (("--data", args.data), ("--val-data", args.val_data), ("--calib-data", calib))
+    if not any(path for _, path in flags):
+        return {}
     resize, mean, std = (
         parse_size(args.resize),
         parse_floats(args.mean, "--mean"),
         parse_floats(args.std, "--std"),
     )
-    sets = {
-        flag: load_data(path, resize, mean, std)
-        for flag, path in (("--data", args.data), ("--val-data", args.val_data))
-        if path
-    }
+    sets = {flag: load_data(path, resize, mean, std) for flag, path in flags if path}
     with torch.no_grad():
         out = model.eval()(*inputs)
     classes = out.shape[1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
@@ -120,6 +117,15 @@ def _finetune_inputs(args: argparse.Namespace, model, inputs):
         check_labels(data, classes, f"{flag} {data.source}")
         if data.skipped:
             print(f"convslim: {flag}: skipped {data.skipped} unreadable image(s)", file=sys.stderr)
+    return sets
+
+
+def _finetune_inputs(args: argparse.Namespace, sets: dict):
+    """(hook, calibration batch) from the data flags, or (None, None) without --data."""
+    from convslim.finetune import finetune
+
+    if "--data" not in sets:
+        return None, None
     hook = finetune(
         sets["--data"],
         sets.get("--val-data"),
@@ -142,6 +148,64 @@ def _finetune_inputs(args: argparse.Namespace, model, inputs):
 
 
 # --- end data and fine-tuning ----------------------------------------------------------------------------------
+
+
+def _add_runtime_args(p: argparse.ArgumentParser, deploy: bool = True) -> None:
+    """The runtime target's choices come from its registry: a new target needs no CLI edit."""
+    from convslim.runtime.targets import get_target, target_names
+
+    g = p.add_argument_group("runtime target and export")
+    described = "; ".join(f"{n}: {get_target(n).description}" for n in target_names())
+    g.add_argument(
+        "--runtime", choices=target_names(), help=f"where the model runs (default cpu). {described}"
+    )
+    g.add_argument("--int8", action="store_true", help="same as --runtime cpu-int8")
+    if not deploy:
+        return
+    g.add_argument("--calib-data", help="int8 calibration images (default: --data); same kinds as --data")
+    g.add_argument(
+        "--int8-exclude",
+        action="append",
+        default=[],
+        help="node name, op type (Conv, Gemm) or kind ('depthwise conv', 'linear', ...) to keep in fp32",
+    )
+    g.add_argument(
+        "--opset", type=int, help="ONNX opset of model.onnx and original.onnx (default: exporter's)"
+    )
+    g.add_argument(
+        "--static-shape",
+        action="store_true",
+        help="fixed batch and image size (from --input-shape) in the ONNX",
+    )
+
+
+def runtime_name(args: argparse.Namespace) -> str:
+    if args.int8 and args.runtime not in (None, "cpu-int8"):
+        raise UsageError(
+            f"--int8 means --runtime cpu-int8; it cannot be combined with --runtime {args.runtime}"
+        )
+    return "cpu-int8" if args.int8 else (args.runtime or "cpu")
+
+
+def _deploy_settings(args: argparse.Namespace, sets: dict):
+    """DeploySettings from the runtime flags; int8 calibrates on --calib-data, else --data (first 512 images),
+    and checks accuracy on --val-data, else on images of the calibration source held back from calibration."""
+    from convslim.runtime.deploy import DeploySettings
+    from convslim.runtime.export import ExportSettings
+    from convslim.runtime.int8 import Calibration, Int8Settings
+
+    source = sets.get("--calib-data") or sets.get("--data")
+    calibration = None
+    if source is not None:
+        calibration = Calibration.split(source, 512, sets.get("--val-data"))
+        if source is sets.get("--data") and "--val-data" not in sets:
+            calibration.held_source += "; fine-tuning trains on --data too"
+    return DeploySettings(
+        runtime=runtime_name(args),
+        export=ExportSettings(opset=args.opset, static_shape=args.static_shape),
+        int8=Int8Settings(exclude=tuple(args.int8_exclude)),
+        calibration=calibration,
+    )
 
 
 def _add_budget_args(p: argparse.ArgumentParser) -> None:
@@ -178,11 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_finetune_args(c)
     _add_budget_args(c)
+    _add_runtime_args(c)
 
     pl = sub.add_parser("plan", help="choose per layer (form, setting) and write plan.json without rewriting")
     _add_model_args(pl)
     _add_form_args(pl)
     _add_budget_args(pl)
+    _add_runtime_args(pl, deploy=False)
     pl.add_argument("--out", required=True, help="plan file to write (e.g. plan.json)")
     pl.add_argument("--overwrite", action="store_true", help="replace the plan file if it exists")
     pl.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -253,7 +319,9 @@ def _compress(args: argparse.Namespace) -> int:
             raise UsageError(f"--plan {args.plan}: no such file")
         plan = Plan.from_json(Path(args.plan).read_text(), args.plan)
     model, inputs = _load(args)
-    hook, calibration = _finetune_inputs(args, model, inputs)
+    sets = _data_sets(args, model, inputs)
+    hook, calibration = _finetune_inputs(args, sets)
+    deploy = _deploy_settings(args, sets)
     result = compress(
         model,
         inputs,
@@ -269,11 +337,12 @@ def _compress(args: argparse.Namespace) -> int:
         calibration=calibration,
         finetune=hook,
         plan_batch=args.plan_batch,
+        deploy=deploy,
         **budget_options(args),
         **form_options(args),
     )
     print(result.report.summary())
-    print(f"  outputs: {args.out}/ (model.onnx, compressed.pt2, plan.json, report.json, report.md)")
+    print(f"  outputs: {args.out}/ ({', '.join(Path(p).name for p in result.report.outputs)})")
     if not result.report.passed:
         print(
             "convslim: verification FAILED: ONNX output differs from PyTorch beyond --tolerance",
@@ -299,6 +368,7 @@ def _plan(args: argparse.Namespace) -> int:
             exclude=args.exclude,
             batch=args.plan_batch,
             progress=not args.quiet,
+            target=runtime_name(args),
             **budget,
         )
     else:

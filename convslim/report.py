@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from convslim.core import Plan
+from convslim.report_deploy import deploy_lines, deploy_markdown
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Report:
     outputs: dict[str, str] = field(default_factory=dict)
     passed: bool | None = None
     planning: dict[str, Any] | None = None  # budgeted plans: budget, predicted speedup/error, planning time
+    deploy: dict[str, Any] | None = None  # runtime target, int8 details, accuracy and speed of every model
 
     @classmethod
     def from_plan(cls, plan: Plan, trace_mode: str, weight_errors: dict[str, float | None]) -> Report:
@@ -86,6 +88,7 @@ class Report:
                 continue
             parts = [f"batch {b}: {v['speedup']:.2f}x" for b, v in per_batch.items()]
             lines.append(f"  {provider} speedup vs BN-folded original: " + ", ".join(parts))
+        lines.extend(deploy_lines(self.deploy))
         if self.planning:
             lines.append("  " + self.planning_line())
         if self.finetune:
@@ -99,6 +102,10 @@ class Report:
         """The ORT speedup measured after applying, at the batch the plan was made for (None if not timed)."""
         if not self.planning:
             return None
+        if self.planning.get("precision") == "int8":  # planned on int8 models: compare the int8 pair
+            entry = ((self.deploy or {}).get("speed") or {}).get(str(self.planning.get("batch"))) or {}
+            vs = entry.get("speedup", {}).get("vs_original_int8", {}).get("compressed_int8")
+            return vs["speedup"] if vs else None
         provider = "ort_cuda" if "CUDA" in self.planning.get("provider", "") else "ort_cpu"
         entry = self.speed.get(provider, {}).get(str(self.planning.get("batch")))
         return entry["speedup"] if isinstance(entry, dict) and "speedup" in entry else None
@@ -154,6 +161,7 @@ class Report:
                     f"{v['speedup']:.2f}x | {v['spread_original']:.1%} / {v['spread_compressed']:.1%} | "
                     f"{v['runs']} |"
                 )
+        out += deploy_markdown(self.deploy)
         if self.planning:
             out += ["", "## Planning", "", self.planning_line(), ""] + _dict_table(
                 {"planning": self.planning}

@@ -4,7 +4,8 @@ Method: (1) candidates per conv from the grid of every allowed form (``candidate
 latency measured in ONNX Runtime against the original conv in the same run, cached on disk (``latency``);
 (3) its damage, the model's relative output error with only that layer rewritten (``damage``); (4) a greedy
 multiple-choice knapsack picks one candidate or none per layer (``budget``). The whole BN-folded model is timed
-once; the predicted time is that minus the chosen layers' measured savings, and predicted speedup the ratio.
+once; the predicted time is that minus the chosen layers' measured savings, scaled to the model so they
+cannot exceed its time (``compose``), and predicted speedup the ratio.
 
 Budgets (one): ``target_speedup`` (predicted whole-model ORT speedup at ``batch``), ``target_macs`` (fraction
 of the original conv MACs), ``max_error`` (predicted relative output error, √Σ damage²).
@@ -17,9 +18,10 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -28,9 +30,12 @@ from convslim.errors import UsageError
 from convslim.plan import decide
 from convslim.planner.budget import Option, blend, select
 from convslim.planner.candidates import Candidate, candidates_for, parse_forms
-from convslim.planner.closed_loop import measure_plan_speedup, search
+from convslim.planner.closed_loop import deployed_bytes, measure_plan_speedup, search
+from convslim.planner.compose import layer_scale, layer_total, max_multiplier, predicted_time
 from convslim.planner.damage import measure_damage, probe_inputs
 from convslim.planner.latency import LatencyCache, measure_candidates, time_model
+from convslim.runtime.int8 import Calibration
+from convslim.runtime.targets import available_target
 
 __all__ = ["plan_budgeted", "check_budget", "parse_forms", "LatencyCache"]
 
@@ -66,7 +71,7 @@ def plan_budgeted(
     target_macs: float | None = None,
     max_error: float | None = None,
     batch: int = 32,
-    provider: str = "CPUExecutionProvider",
+    target="cpu",
     calibration: torch.Tensor | None = None,
     exclude: Sequence[str] = (),
     cache: LatencyCache | None = None,
@@ -74,8 +79,10 @@ def plan_budgeted(
     grid: dict | None = None,
     progress: bool = False,
 ) -> Plan:
-    """Measure every candidate of every conv of ``prepared`` and choose per layer to meet the one budget given."""
+    """Measure every candidate of every conv of ``prepared`` on ``target`` (``cpu-int8``: in int8) and choose per
+    layer to meet the one budget given."""
     start = time.perf_counter()
+    target = available_target(target)
     budget = check_budget(target_speedup, target_macs, max_error)
     if len(prepared.example_inputs) != 1:
         raise UsageError("budgeted planning takes single-input models; plan with --to FORM and its options")
@@ -87,14 +94,17 @@ def plan_budgeted(
     skipped, per_layer, reasons = _gather(prepared.sites, forms, exclude, grid)
     everything = [c for cands in per_layer.values() for c in cands]
     module = prepared.traced.module
-    measure_candidates(module, sites, everything, batch, provider, cache, seconds, progress)
+    measure_candidates(module, sites, everything, batch, target, cache, seconds, progress)
     # damage only where it can matter: a candidate measured slower than its layer is never chosen
     faster = [c for c in everything if c.measured.get("ratio", float("inf")) < 1.0]
     probe = probe_inputs(prepared.example_inputs, calibration)
     measure_damage(module, faster, probe, progress, refit=calibration is not None)
-    base_s = time_model(module, prepared.example_inputs, batch, provider, seconds=max(5 * seconds, 0.1))
+    deploy_calibration = None if calibration is None else Calibration(calibration[:256])
+    original_onnx = deployed_bytes(module, prepared.example_inputs, target, deploy_calibration)
+    base_s = time_model(original_onnx, prepared.example_inputs, batch, target, seconds=max(5 * seconds, 0.1))
     total_macs = sum(dense_cost(s).macs for s in prepared.sites)
-    table = {layer: [_option(c, budget) for c in cands] for layer, cands in per_layer.items()}
+    scale = layer_scale(base_s, layer_total(per_layer))  # see compose: per-layer savings scaled to the model
+    table = {layer: [_option(c, budget, scale) for c in cands] for layer, cands in per_layer.items()}
     need = max_energy = None
     if budget == "target_speedup":
         need = base_s * (1 - 1 / target_speedup)
@@ -102,17 +112,19 @@ def plan_budgeted(
         need = total_macs * (1 - target_macs)
     else:
         max_energy = max_error**2
-    build = _PlanBuilder(prepared, per_layer, skipped, reasons)
+    build = _PlanBuilder(prepared, per_layer, skipped, reasons, scale)
     chosen = select(table, need=need, max_energy=max_energy)
     layers, saved = build(chosen)
     rounds, measured = [], None
     if budget == "target_speedup":
+        loop = _Loop(prepared, target, batch, original_onnx, deploy_calibration)
         chosen, layers, saved, rounds, measured = _close_the_loop(
-            prepared, table, need, target_speedup, base_s, build, batch, provider, progress
+            loop, table, need, target_speedup, base_s, build, progress
         )
+    predicted_s = predicted_time(base_s, saved)
     macs_after = sum(d.macs_after for d in layers)
     used = sorted({d.form for d in layers if d.form})
-    predicted = base_s / max(base_s - saved, 1e-12)
+    predicted = base_s / predicted_s
     planning = {
         "budget": {
             budget: {"target_speedup": target_speedup, "target_macs": target_macs, "max_error": max_error}[
@@ -121,10 +133,14 @@ def plan_budgeted(
         },
         "forms": forms,
         "batch": batch,
-        "provider": provider,
+        "target": target.name,
+        "precision": target.precision,
+        "provider": target.providers[0],
+        "original_onnx_sha256": _sha(original_onnx),
         "reached": chosen.reached if measured is None else measured >= target_speedup,
         "original_ms": base_s * 1e3,
-        "predicted_ms": (base_s - saved) * 1e3,
+        "predicted_ms": predicted_s * 1e3,
+        "layer_scale": scale,
         "predicted_speedup": predicted if measured is None else measured,  # closed loop: its measurement
         "layer_sum_speedup": predicted,
         "rounds": rounds,
@@ -144,13 +160,14 @@ def plan_budgeted(
 class _PlanBuilder:
     """Turns a selection into the plan's layer decisions and the summed measured saving (seconds)."""
 
-    def __init__(self, prepared, per_layer, skipped, reasons):
+    def __init__(self, prepared, per_layer, skipped, reasons, scale: float = 1.0):
         self.prepared, self.per_layer, self.skipped, self.reasons = prepared, per_layer, skipped, reasons
+        self.scale = scale
 
     def __call__(self, chosen) -> tuple[list[LayerDecision], float]:
         layers = _decisions(self.prepared.sites, self.per_layer, chosen.choice, self.skipped, self.reasons)
         layers += [LayerDecision.skipped(n, r) for n, r in self.prepared.traced.unconvertible.items()]
-        saved = sum(
+        saved = self.scale * sum(
             c.measured["saved_s"]
             for cands in self.per_layer.values()
             for c in cands
@@ -159,33 +176,53 @@ class _PlanBuilder:
         return layers, saved
 
 
-def _close_the_loop(prepared, table, need, target, base_s, build, batch, provider, progress):
-    """Search on whole-model measurements (see closed_loop); returns the winner and the rounds."""
-    original_onnx: list[bytes] = []
+@dataclass
+class _Loop:
+    """What the closed loop measures with: the target, the batch, and the original as it was timed."""
+
+    prepared: object
+    target: object
+    batch: int
+    original_onnx: bytes
+    calibration: object = None
+
+
+def _close_the_loop(loop: _Loop, table, need, target, base_s, build, progress):
+    """Search on whole-model measurements (see closed_loop); returns the winner and the rounds, each round with
+    its speedup's spread and runs and the SHA-256 of the planned model it timed (the bytes the user receives)."""
+    details: list[dict] = []
 
     def select_at(multiplier: float):
         chosen = select(table, need=need * multiplier)
         return (chosen, *build(chosen))
 
     def measure(layers) -> float:
-        speedup, onnx = measure_plan_speedup(
-            prepared.traced.module,
+        timed, _, planned = measure_plan_speedup(
+            loop.prepared.traced.module,
             Plan(form="budget", options={}, layers=layers),
-            prepared.example_inputs,
-            batch,
-            provider,
-            original_model=original_onnx[0] if original_onnx else None,
+            loop.prepared.example_inputs,
+            loop.batch,
+            loop.target,
+            original_model=loop.original_onnx,
+            calibration=loop.calibration,
         )
-        original_onnx[:] = [onnx]
-        return speedup
+        details.append({k: timed[k] for k in ("speedup_iqr", "runs")} | {"onnx_sha256": _sha(planned)})
+        return timed["speedup"]
 
     def between(slow, fast):
         blended = blend(table, slow[0], fast[0])
         return None if blended is None else (blended, *build(blended))
 
-    (chosen, layers, saved), rounds = search(select_at, measure, target, base_s, progress, between)
+    cap = max_multiplier(table, need)
+    (chosen, layers, saved), rounds = search(select_at, measure, target, base_s, progress, between, cap)
+    for r, detail in zip(rounds, details, strict=True):
+        r.update(detail)
     winner = next((r for r in rounds if r.get("chosen")), None)
     return chosen, layers, saved, rounds, (winner["measured_speedup"] if winner else None)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _gather(sites, forms, exclude, grid):
@@ -202,11 +239,11 @@ def _gather(sites, forms, exclude, grid):
     return skipped, per_layer, reasons
 
 
-def _option(c: Candidate, budget: str) -> Option:
+def _option(c: Candidate, budget: str, scale: float = 1.0) -> Option:
     m = c.measured
     if "error" in m or "damage" not in m:
         return Option(c.layer, c.key, saving=0.0, damage=float("nan"), ratio=float("inf"))
-    saving = m["saved_s"] if budget != "target_macs" else float(c.dense_macs - c.macs)
+    saving = m["saved_s"] * scale if budget != "target_macs" else float(c.dense_macs - c.macs)
     return Option(c.layer, c.key, saving=saving, damage=m["damage"], ratio=m["ratio"])
 
 

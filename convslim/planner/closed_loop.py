@@ -27,15 +27,15 @@ Example:
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from convslim.core import Plan
 from convslim.passes.apply_plan import apply_plan
-from convslim.planner.latency import _session, check_provider, interleaved, onnx_bytes
+from convslim.runtime.export import export_bytes
+from convslim.runtime.targets import available_target, get_target
+from convslim.runtime.timing import TimingSettings, compare, random_inputs, time_sessions
 
 MAX_ROUNDS = 8
 AIM = 1.03
@@ -44,26 +44,30 @@ NUDGE = 1.06
 NUDGES = 12
 
 
+def deployed_bytes(module: nn.Module, example_inputs: tuple, target, calibration=None) -> bytes:
+    """``module`` exported as the user receives it (``runtime.export_bytes``) and deployed for ``target``."""
+    return get_target(target).deploy_bytes(export_bytes(module, example_inputs), calibration)
+
+
 def measure_plan_speedup(
     module: nn.Module,
     plan: Plan,
     example_inputs: tuple,
     batch: int,
-    provider: str = "CPUExecutionProvider",
+    target="cpu",
     seconds: float = 3.0,  # as the report's measurement
     original_model: bytes | None = None,
-) -> tuple[float, bytes]:
-    """Whole-model speedup of ``plan`` applied to ``module`` (interleaved medians) and the original's ONNX."""
-    check_provider(provider)
-    example = torch.randn((batch, *example_inputs[0].shape[1:]), generator=torch.Generator().manual_seed(0))
-    original_model = original_model or onnx_bytes(module, example)
-    compressed = apply_plan(module, plan)
-    sessions = {
-        "original": _session(original_model, provider),
-        "candidate": _session(onnx_bytes(compressed, example), provider),
-    }
-    times = interleaved(sessions, example.numpy(), seconds, min_runs=10)
-    return statistics.median(times["original"]) / statistics.median(times["candidate"]), original_model
+    calibration=None,
+) -> tuple[dict, bytes, bytes]:
+    """Whole-model speedup of ``plan`` applied to ``module`` (``runtime.timing.compare``: ratio of medians,
+    per-round spread, runs) and the two deployed models timed (original, planned)."""
+    target = available_target(target)
+    original_model = original_model or deployed_bytes(module, example_inputs, target, calibration)
+    planned = deployed_bytes(apply_plan(module, plan), example_inputs, target, calibration)
+    sessions = {"original": target.session(original_model), "candidate": target.session(planned)}
+    settings = TimingSettings(seconds=seconds, min_runs=10, max_runs=200, warmup=2)
+    timed = time_sessions(sessions, random_inputs(example_inputs, batch), settings)
+    return compare(timed["original"], timed["candidate"]), original_model, planned
 
 
 def realised_share(saved_fraction: float, measured_speedup: float) -> float | None:
@@ -74,8 +78,9 @@ def realised_share(saved_fraction: float, measured_speedup: float) -> float | No
     return measured / saved_fraction
 
 
-def propose(tried: list[dict], target: float) -> float:
-    """The next multiplier from the last round's realised share, kept inside the known bracket."""
+def propose(tried: list[dict], target: float, cap: float | None = None) -> float:
+    """The next multiplier from the last round's realised share, kept inside the known bracket and at most
+    ``cap`` (``compose.max_multiplier``: above it the selection cannot change)."""
     last = tried[-1]
     k = realised_share(last["saved_fraction"], last["measured_speedup"])
     goal = 1 - 1 / (target * AIM)
@@ -85,7 +90,7 @@ def propose(tried: list[dict], target: float) -> float:
         proposal = low * 1.25 if high is None else math.sqrt(low * high)
     if high is not None and proposal >= high:
         proposal = high / 1.25 if low is None else math.sqrt(low * high)
-    return proposal
+    return proposal if cap is None else min(proposal, cap)
 
 
 def _sides(tried: list[dict], target: float) -> tuple[list[dict], list[dict]]:
@@ -119,16 +124,17 @@ def search(
     base_s: float,
     progress: bool = False,
     between: Callable[[tuple, tuple], tuple | None] | None = None,
+    cap: float | None = None,
 ) -> tuple[tuple, list[dict]]:
     """Rounds of choose → measure (see module docstring). ``select_at(μ)`` returns ``(selection, layers,
     saved_s)`` with ``selection.choice`` and ``selection.predicted_error``; ``measure(layers)`` the whole-model
     speedup; ``between(slow_state, fast_state)`` a state between two (or None). Returns the winning state and
-    the rounds (the winner marked ``chosen``)."""
+    the rounds (the winner marked ``chosen``). ``cap`` bounds the multiplier (see ``propose``)."""
     rounds: list[dict] = []
     states: dict[str, tuple] = {}
     multiplier = 1.0
     for index in range(MAX_ROUNDS):
-        state = _unmeasured(select_at, multiplier, rounds, states, target)
+        state = _unmeasured(select_at, multiplier, rounds, states, target, cap)
         if state is None and between is not None:
             state = _bisected(between, rounds, states, target)
         if state is None:
@@ -153,7 +159,7 @@ def search(
             print(f"  plan round {index + 1}: need x{multiplier:.2f}, whole model measured {measured:.2f}x")
         if target <= measured <= target * OVERSHOOT:
             break
-        multiplier = propose(rounds, target)
+        multiplier = propose(rounds, target, cap)
     if not rounds:
         return select_at(1.0), []
     best = pick_round(rounds, target)
@@ -169,7 +175,7 @@ def _key(selection) -> str:
     return repr(sorted(selection.choice.items()))
 
 
-def _unmeasured(select_at, multiplier, rounds, states, target):
+def _unmeasured(select_at, multiplier, rounds, states, target, cap=None):
     """``(μ, select_at(μ))`` for the first μ from ``multiplier`` on whose selection is new; None if none is.
 
     A repeated selection moves μ away from it: up if it measured too slow, down if too fast. The μ that gave

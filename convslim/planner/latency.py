@@ -1,15 +1,14 @@
 """Measured per-layer latency: each candidate against the original conv, in ONNX Runtime, cached on disk.
 
 Method. For one conv and one candidate we build two micro-models (the BN-folded conv, and ``form.convert`` of
-it), export both to ONNX in memory with the fast TorchScript exporter (``dynamo=False``; the dynamo exporter is
-the fallback), open them with the session options of ``convslim.verify.make_session`` and time them
-*interleaved in the same run* at the layer's real input shape and the target batch; the medians give the
-candidate's ratio and the absolute time it saves. Graph-level work of ``form.finalize`` is not in the
+it), export both to ONNX in memory (``runtime.export.export_layer``), deploy them for the target (``cpu-int8``
+quantizes each) and time them in alternating blocks (``runtime.timing``) at the layer's real input shape and
+the target batch; the medians give the candidate's ratio and the absolute time it saves. Graph-level work of ``form.finalize`` is not in the
 micro-model, so savings it adds are not counted (the prediction errs low).
 
 Cache. Results live in one JSON file under ``$CONVSLIM_CACHE_DIR`` (default ``~/.cache/convslim``), keyed by the
 input shape, the conv's configuration, the form, the grid options, the replacement's structure, the batch, the
-provider, the onnxruntime version and the CPU model. ResNet layers share shapes, so the cache hits within one
+target (name, precision, providers), the onnxruntime version and the CPU model. ResNet layers share shapes, so the cache hits within one
 plan too.
 
 Example:
@@ -20,28 +19,25 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import platform
-import statistics
 import tempfile
-import warnings
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from convslim.errors import UsageError
-from convslim.verify import interleaved_times, make_session
+from convslim.runtime.export import export_layer
+from convslim.runtime.targets import available_target, get_target
+from convslim.runtime.timing import TimingSettings, random_inputs, time_sessions
 
-CACHE_FILE = "latency-v2.json"  # v1 timed run-by-run alternation (biased: see verify)
+# v1 timed run-by-run alternation (biased: see runtime.timing); v2 keyed by provider; v3 by target and precision
+CACHE_FILE = "latency-v3.json"
 NOISY = 1.0  # relative IQR above which a timing is retried and, if still noisy, not trusted from the cache
 RETRIES = 2
 
@@ -112,92 +108,48 @@ def structure(module: nn.Module) -> str:
     return hashlib.sha1((repr(module) + json.dumps(shapes)).encode()).hexdigest()[:16]
 
 
-def cache_key(
-    in_shape, conv, form: str, options: dict, replacement: nn.Module, batch: int, provider: str
-) -> str:
+def cache_key(in_shape, conv, form: str, options: dict, replacement: nn.Module, batch: int, target) -> str:
     fields = {
         "in": [batch, *in_shape],
         "conv": conv_config(conv),
         "form": form,
         "options": options,
         "structure": structure(replacement),
-        "provider": provider,
+        "target": get_target(target).cache_key,  # name, precision and providers: int8 never reads fp32
         "ort": ort.__version__,
         "cpu": cpu_model(),
     }
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def check_provider(provider: str) -> None:
-    if provider not in ort.get_available_providers():
-        raise UsageError(
-            f"provider {provider} is not available in this onnxruntime "
-            f"({', '.join(ort.get_available_providers())}); plan for CPUExecutionProvider"
-        )
-
-
-def onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
-    """Fast legacy export to memory; the dynamo exporter when the legacy one cannot take the module."""
-    module = module.eval()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            buffer = io.BytesIO()
-            torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17)
-            return buffer.getvalue()
-        except Exception:  # noqa: BLE001
-            from convslim.export import export_onnx, export_program
-
-            with tempfile.TemporaryDirectory(prefix="convslim-plan-") as scratch:
-                path = Path(scratch) / "m.onnx"
-                export_onnx(export_program(module, (example,), dynamic_batch=False), (example,), path)
-                return path.read_bytes()
-
-
-def _session(model: bytes, provider: str) -> ort.InferenceSession:
-    with tempfile.NamedTemporaryFile(
-        suffix=".onnx"
-    ) as f:  # make_session takes a path: same options as verify
-        f.write(model)
-        f.flush()
-        return make_session(f.name, provider)
-
-
 def time_pair(
-    original: nn.Module, candidate: nn.Module, example: torch.Tensor, provider: str, seconds: float
+    original: nn.Module, candidate: nn.Module, example: torch.Tensor, target, seconds: float
 ) -> dict:
-    """Interleaved medians of two modules on the same input (seconds per run) and their ratio; a timing whose
-    spread (relative IQR) is above ``NOISY`` is retried up to ``RETRIES`` times and the steadiest one kept."""
+    """Interleaved medians of two modules on the same input (seconds per run) and their ratio, both deployed
+    for ``target`` (int8: each micro-model quantized); a timing whose spread (relative IQR) is above ``NOISY``
+    is retried up to ``RETRIES`` times and the steadiest one kept."""
     sessions = {
-        "original": _session(onnx_bytes(original, example), provider),
-        "candidate": _session(onnx_bytes(candidate, example), provider),
+        "original": target.session(target.deploy_bytes(export_layer(original, example))),
+        "candidate": target.session(target.deploy_bytes(export_layer(candidate, example))),
     }
+    settings = TimingSettings(seconds=seconds, min_runs=7, max_runs=200, warmup=2, min_rounds=1)
     best = None
     for _ in range(1 + RETRIES):
-        times = interleaved(sessions, example.numpy(), seconds)
-        spread = max(_iqr(v) for v in times.values())
+        timed = time_sessions(sessions, [example.numpy()], settings)
+        spread = max(t.spread for t in timed.values())
         if best is None or spread < best[1]:
-            best = (times, spread)
+            best = (timed, spread)
         if spread <= NOISY:
             break
-    times, spread = best
-    orig, cand = (statistics.median(times[k]) for k in ("original", "candidate"))
+    timed, spread = best
+    orig, cand = timed["original"].median_s, timed["candidate"].median_s
     return {
         "orig_s": orig,
         "cand_s": cand,
         "ratio": cand / orig,
         "spread": spread,
-        "runs": len(times["original"]),
+        "runs": timed["original"].runs,
     }
-
-
-def interleaved(sessions: dict, array: np.ndarray, seconds: float, min_runs: int = 7) -> dict:
-    return interleaved_times(sessions, [array], seconds, min_runs=min_runs, max_runs=200, warmup=2)
-
-
-def _iqr(values: list[float]) -> float:
-    q = np.percentile(values, [25, 50, 75])
-    return float((q[2] - q[0]) / q[1]) if q[1] > 0 else 0.0
 
 
 @torch.no_grad()
@@ -206,44 +158,43 @@ def measure_candidates(
     sites: dict,
     candidates: list,
     batch: int = 32,
-    provider: str = "CPUExecutionProvider",
+    target="cpu",
     cache: LatencyCache | None = None,
     seconds: float = 0.3,
     progress: bool = False,
 ) -> None:
-    """Fill ``candidate.measured`` (ratio, orig_s, cand_s, saved_s for all calls of the conv, cached) in place."""
-    check_provider(provider)
+    """Fill ``candidate.measured`` (ratio, orig_s, cand_s, saved_s for all calls of the conv, cached) in place,
+    timed on ``target`` (its precision too: ``cpu-int8`` times int8 micro-models, cached apart from fp32)."""
+    target = available_target(target)
     cache = cache if cache is not None else LatencyCache()
     generator = torch.Generator().manual_seed(0)
     modules = dict(module.named_modules())
-    for cand in tqdm(candidates, desc=f"measuring layers ({provider})", disable=not progress, leave=False):
+    for cand in tqdm(candidates, desc=f"measuring layers ({target.name})", disable=not progress, leave=False):
         site, conv = sites[cand.layer], modules[cand.layer]
         try:
             replacement = cand.build(conv)
         except Exception as exc:  # noqa: BLE001  (a form that fails here only loses this candidate)
             cand.measured = {"error": f"convert failed: {str(exc)[:120]}"}
             continue
-        key = cache_key(site.in_shape, conv, cand.form, cand.options, replacement, batch, provider)
+        key = cache_key(site.in_shape, conv, cand.form, cand.options, replacement, batch, target)
         found = cache.get(key)
         if found is None:
             example = torch.randn((batch, *site.in_shape), generator=generator)
             try:
-                found = time_pair(conv, replacement, example, provider, seconds)
+                found = time_pair(conv, replacement, example, target, seconds)
             except Exception as exc:  # noqa: BLE001
                 cand.measured = {"error": f"timing failed: {str(exc)[:120]}"}
                 continue
             cache.put(key, found)
         calls = max(len(site.calls), 1)
-        cand.measured = dict(found, saved_s=(found["orig_s"] - found["cand_s"]) * calls)
+        cand.measured = dict(found, saved_s=(found["orig_s"] - found["cand_s"]) * calls, calls=calls)
     cache.save()
 
 
-def time_model(
-    module: nn.Module, example_inputs: tuple, batch: int, provider: str, seconds: float = 1.5
-) -> float:
-    """Median seconds per run of the whole (BN-folded) model at ``batch`` in ORT: the base of the prediction."""
-    check_provider(provider)
-    example = torch.randn((batch, *example_inputs[0].shape[1:]), generator=torch.Generator().manual_seed(0))
-    session = _session(onnx_bytes(module, example), provider)
-    times = interleaved({"model": session}, example.numpy(), seconds, min_runs=5)
-    return statistics.median(times["model"])
+def time_model(onnx_model: bytes, example_inputs: tuple, batch: int, target, seconds: float = 1.5) -> float:
+    """Median seconds per run of a whole deployed model (bytes) at ``batch`` on ``target``: the prediction's
+    base. The planner passes the model exported as the user receives it (``runtime.export_bytes``)."""
+    target = available_target(target)
+    inputs = random_inputs(example_inputs, batch)
+    settings = TimingSettings(seconds=seconds, min_runs=5, max_runs=200, warmup=2, min_rounds=1)
+    return time_sessions({"model": target.session(onnx_model)}, inputs, settings)["model"].median_s

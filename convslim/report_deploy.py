@@ -1,0 +1,88 @@
+"""The deployment part of the report: accuracy and latency of original and compressed, fp32 and int8, with
+speedups against the fp32 original and the int8 original, and the nodes int8 kept in fp32.
+
+Example:
+    >>> print("\\n".join(deploy_lines(report.deploy)))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MODELS = ("original_fp32", "original_int8", "compressed_fp32", "compressed_int8")
+
+
+def deploy_lines(deploy: dict[str, Any] | None) -> list[str]:
+    """Terminal summary lines: one for accuracy, one per timed batch size."""
+    if not deploy:
+        return []
+    lines = []
+    acc = deploy.get("accuracy")
+    if acc:
+        parts = [f"{m} {acc[m]:.2%}" for m in MODELS if m in acc]
+        lines.append(f"  {acc['metric']} on {acc['data']} ({acc['n']} images): " + ", ".join(parts))
+    for batch, entry in (deploy.get("speed") or {}).items():
+        lat = entry["latency"]
+        if len(lat) <= 2:  # the fp32 pair alone: the ort_cpu line says it
+            continue
+        parts = [f"{m} {lat[m]['ms']:.2f} ms" for m in MODELS if m in lat]
+        speed = [
+            f"{_short(name)} {v['speedup']:.2f}x vs {_short(ref[3:])}"
+            for ref, versus in entry["speedup"].items()
+            for name, v in versus.items()
+            if name.startswith("compressed") or ref == "vs_original_fp32"
+        ]
+        lines.append(f"  {deploy['runtime']} batch {batch}: " + ", ".join(parts) + "; " + ", ".join(speed))
+    for model, item in (deploy.get("int8") or {}).items():
+        for entry in item.get("excluded", []):
+            lines.append(
+                f"  int8 ({model}): {entry['node']} ({entry['kind']}) kept in fp32: {entry['reason']}"
+            )
+    return lines
+
+
+def _short(name: str) -> str:
+    return name.replace("original_", "orig ").replace("compressed_", "comp ")
+
+
+def deploy_markdown(deploy: dict[str, Any] | None) -> list[str]:
+    """The deployment section of report.md."""
+    if not deploy:
+        return []
+    out = ["", f"## Deployment: `{deploy['runtime']}` ({deploy['precision']})", ""]
+    export = deploy.get("export", {})
+    out.append(
+        f"Export: opset {export.get('opset') or 'default'}, static shape {export.get('static_shape')}."
+    )
+    acc = deploy.get("accuracy")
+    if acc:
+        out += ["", f"### {acc['metric']} on {acc['data']} ({acc['n']} images)", "", "| model | score |"]
+        out += ["|---|---|"] + [f"| {m} | {acc[m]:.2%} |" for m in MODELS if m in acc]
+    for batch, entry in (deploy.get("speed") or {}).items():
+        out += ["", f"### Latency at batch {batch}", ""]
+        refs = list(entry["speedup"])
+        out.append("| model | ms | spread | runs | " + " | ".join(f"speedup {r} (IQR)" for r in refs) + " |")
+        out.append("|---|---|---|---|" + "---|" * len(refs))
+        for m in (m for m in MODELS if m in entry["latency"]):
+            lat = entry["latency"][m]
+            cells = [_speedup_cell(entry["speedup"][r].get(m)) for r in refs]
+            out.append(
+                f"| {m} | {lat['ms']:.3f} | {lat['spread']:.1%} | {lat['runs']} | " + " | ".join(cells) + " |"
+            )
+        if "warning" in entry:
+            out.append(f"\n{entry['warning']}")
+    for kind, item in (deploy.get("int8") or {}).items():
+        out += ["", f"### int8 ({kind})", "", f"Settings: {item['settings']}", ""]
+        out.append(f"{item['quantized_nodes']} of {item['int8_nodes_total']} conv/linear nodes in int8.")
+        if item["excluded"]:
+            out += ["", "| node kept in fp32 | kind | reason |", "|---|---|---|"]
+            out += [f"| {e['node']} | {e['kind']} | {e['reason']} |" for e in item["excluded"]]
+        out += [f"- note: {n}" for n in item.get("notes", [])]
+    return out
+
+
+def _speedup_cell(value: dict | None) -> str:
+    if value is None:
+        return "—"
+    low, high = value["speedup_iqr"]
+    return f"{value['speedup']:.2f}x ({low:.2f}–{high:.2f}, {value['rounds']} rounds)"

@@ -1,0 +1,141 @@
+"""What the user compares against: the original and the compressed model, in fp32 and (for an int8 target) in
+int8, each checked for accuracy and timed together, with speedups against the fp32 original and the int8 one.
+
+Names: ``original_fp32`` (``original.onnx``, the BN-folded original), ``compressed_fp32`` (``model.onnx``), and
+for int8 targets ``original_int8`` (``original.int8.onnx``) and ``compressed_int8`` (``model.int8.onnx``).
+
+Example:
+    >>> settings = DeploySettings(runtime="cpu-int8", calibration=Calibration.split(train, val=val))
+    >>> models, info = deploy_models(scratch, settings)
+    >>> accuracy(models, settings)["compressed_int8"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from convslim.errors import UsageError
+from convslim.runtime.export import ExportSettings
+from convslim.runtime.int8 import Calibration, Int8Settings
+from convslim.runtime.measure import NOISY_SPREAD, NOISY_WARNING, measure_models
+from convslim.runtime.sessions import run_batched
+from convslim.runtime.targets import available_target
+from convslim.runtime.timing import DEFAULT_TIMING, TimingSettings, compare
+
+INT8_WARN_DROP = 0.01  # an int8 model losing more than 1 pt against its fp32 twin gets a warning
+
+FILES = {
+    "original_fp32": "original.onnx",
+    "compressed_fp32": "model.onnx",
+    "original_int8": "original.int8.onnx",
+    "compressed_int8": "model.int8.onnx",
+}
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """``runtime``: a target name (``cpu``, ``cpu-int8``, ...); ``export``: opset and static shape; ``int8``:
+    quantization settings for int8 targets; ``calibration``: images to calibrate and check accuracy on."""
+
+    runtime: str = "cpu"
+    export: ExportSettings = field(default_factory=ExportSettings)
+    int8: Int8Settings | None = None
+    calibration: Calibration | None = None
+    timing: TimingSettings = DEFAULT_TIMING
+
+    def target(self):
+        """The target, checked: known, available here, and given calibration images when it needs them."""
+        target = available_target(self.runtime)
+        if self.int8 is not None and hasattr(target, "with_settings"):
+            target = target.with_settings(self.int8)
+        if target.needs_calibration and self.calibration is None:
+            raise UsageError(
+                f"--runtime {target.name} needs calibration images: pass --data TRAIN (.npz, .pt or an image "
+                "folder) or --calib-data IMAGES"
+            )
+        return target
+
+
+def deploy_models(folder: Path, settings: DeploySettings) -> tuple[dict[str, Path], dict]:
+    """The fp32 pair already exported in ``folder`` plus, for an int8 target, both quantized (and checked)."""
+    target = settings.target()
+    models = {name: folder / FILES[name] for name in ("original_fp32", "compressed_fp32")}
+    info: dict = {}
+    if target.precision == "int8":
+        for kind in ("original", "compressed"):
+            deployed = target.deploy(
+                models[f"{kind}_fp32"], folder / FILES[f"{kind}_int8"], settings.calibration
+            )
+            onnx.checker.check_model(onnx.load(str(deployed.path)))
+            models[f"{kind}_int8"] = deployed.path
+            info[kind] = deployed.info
+    return models, info
+
+
+def accuracy(models: dict[str, Path], settings: DeploySettings) -> dict | None:
+    """Top-1 of every model on the held-out images (labels given), else top-1 agreement with the fp32 original."""
+    calibration = settings.calibration
+    if calibration is None or calibration.held_x is None or not len(calibration.held_x):
+        return None
+    target = settings.target()
+    outputs = {
+        name: run_batched(target.session(path), calibration.held_x, 64) for name, path in models.items()
+    }
+    if calibration.held_y is not None:
+        metric, reference = "top1", calibration.held_y.numpy()
+    else:
+        metric, reference = "agreement with original_fp32", outputs["original_fp32"].argmax(1)
+    scores = {name: float((out.argmax(1) == reference[: len(out)]).mean()) for name, out in outputs.items()}
+    n = min(len(out) for out in outputs.values())
+    return {"metric": metric, "data": calibration.held_source, "n": n, **scores}
+
+
+def int8_warnings(scores: dict | None) -> list[str]:
+    """One warning per int8 model that lost more than ``INT8_WARN_DROP`` against its fp32 twin."""
+    warnings = []
+    for kind in ("original", "compressed"):
+        fp32, int8 = (scores or {}).get(f"{kind}_fp32"), (scores or {}).get(f"{kind}_int8")
+        if fp32 is not None and int8 is not None and fp32 - int8 > INT8_WARN_DROP:
+            warnings.append(
+                f"WARNING: {kind} int8 lost {100 * (fp32 - int8):.1f} pt {scores['metric']} against its fp32 twin "
+                f"({fp32:.2%} → {int8:.2%}); keep more nodes in fp32 (--int8-exclude) or deploy fp32"
+            )
+    return warnings
+
+
+def speed_table(
+    models: dict[str, Path], example_inputs: tuple, batch_sizes, settings: DeploySettings, progress
+):
+    """Per batch size: every model's median ms, spread and runs, and speedups (with per-round spread) against the
+    fp32 original and, when there is one, the int8 original."""
+    timed = measure_models(models, example_inputs, batch_sizes, settings.target(), settings.timing, progress)
+    table = {}
+    for batch, timings in timed.items():
+        entry = {"latency": {name: t.summary() for name, t in timings.items()}, "speedup": {}}
+        for reference in ("original_fp32", "original_int8"):
+            if reference in timings:
+                entry["speedup"][f"vs_{reference}"] = {
+                    name: compare(timings[reference], t) for name, t in timings.items() if name != reference
+                }
+        if max(t.spread for t in timings.values()) > NOISY_SPREAD:
+            entry["warning"] = NOISY_WARNING
+        table[batch] = entry
+    return table
+
+
+def legacy_pair(entry: dict) -> dict:
+    """The compressed-vs-original fp32 entry in the shape ``report.speed`` has always had."""
+    lat = entry["latency"]
+    pair = {
+        "latency_ms_original": lat["original_fp32"]["ms"],
+        "latency_ms_compressed": lat["compressed_fp32"]["ms"],
+        **entry["speedup"]["vs_original_fp32"]["compressed_fp32"],
+        "spread_original": lat["original_fp32"]["spread"],
+        "spread_compressed": lat["compressed_fp32"]["spread"],
+    }
+    if "warning" in entry:
+        pair["warning"] = entry["warning"]
+    return pair

@@ -1,0 +1,166 @@
+"""The one timer: ORT sessions in alternating blocks, medians, a spread for every number and the run count.
+
+Method. Every session gets the same inputs (under its own input names), warms up, then runs in blocks of
+``block_seconds``: A B, B A, A B, ... so drift hits all alike. Why blocks and not run-by-run alternation: after a
+run, ORT's worker threads spin-wait for more work, so on few cores the next session's run competes with them.
+Measured on this project's 2-core machine, ResNet-20 at batch 32 took 17.5 ms alone but 33 ms when two
+sessions alternated run by run, and the speedup read 2.9-3.2x instead of 2.7x. A block's first run is not timed
+when runs are shorter than a block (it pays for the other model's cache traffic).
+
+Numbers. A latency is the median over all timed runs, with its relative interquartile range
+``(q75 − q25) / median``. A speedup ``t_ref / t_new`` is the ratio of medians; its spread is the interquartile
+range of the per-round ratios (round i: the median of A's block i over the median of B's block i), so a
+speedup that swings between blocks shows it. Runs and rounds are reported with every number.
+
+Example:
+    >>> timings = time_sessions({"a": session_a, "b": session_b}, [x], TimingSettings(seconds=3))
+    >>> compare(timings["a"], timings["b"])["speedup"]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from convslim.runtime.sessions import feeds
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """``seconds``: least total time; ``block_seconds``: one block (default ``seconds``/4 within 0.05-1 s);
+    ``min_rounds``: least alternation rounds; ``min_runs``/``max_runs``: per session; ``warmup``: untimed runs."""
+
+    seconds: float = 3.0
+    block_seconds: float | None = None
+    min_rounds: int = 2
+    min_runs: int = 10
+    max_runs: int = 100_000
+    warmup: int = 3
+
+    @property
+    def block(self) -> float:
+        if self.block_seconds is not None:
+            return self.block_seconds
+        return min(1.0, max(0.05, self.seconds / 4))
+
+
+DEFAULT_TIMING = TimingSettings()
+
+
+@dataclass
+class Timing:
+    """Seconds per run of one session, grouped by block (one block per round)."""
+
+    blocks: list[list[float]] = field(default_factory=list)
+
+    @property
+    def times(self) -> list[float]:
+        return [t for block in self.blocks for t in block]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def spread(self) -> float:
+        return relative_iqr(self.times)
+
+    @property
+    def runs(self) -> int:
+        return len(self.times)
+
+    def summary(self) -> dict:
+        return {
+            "ms": self.median_s * 1e3,
+            "spread": self.spread,
+            "runs": self.runs,
+            "blocks": len(self.blocks),
+        }
+
+
+def relative_iqr(values: list[float]) -> float:
+    """(q75 − q25) / median; 0 for fewer than two values."""
+    if len(values) < 2:
+        return 0.0
+    q = np.percentile(values, [25, 50, 75])
+    return float((q[2] - q[0]) / q[1]) if q[1] > 0 else 0.0
+
+
+def compare(reference: Timing, candidate: Timing) -> dict:
+    """Speedup of ``candidate`` over ``reference`` (ratio of medians) with the per-round interquartile range."""
+    per_round = [
+        statistics.median(a) / statistics.median(b)
+        for a, b in zip(reference.blocks, candidate.blocks, strict=False)
+        if a and b
+    ]
+    low, high = np.percentile(per_round, [25, 75]) if per_round else (float("nan"),) * 2
+    return {
+        "speedup": reference.median_s / candidate.median_s,
+        "speedup_iqr": [float(low), float(high)],
+        "rounds": len(per_round),
+        "runs": min(reference.runs, candidate.runs),
+    }
+
+
+def time_sessions(
+    sessions: dict, inputs: list, settings: TimingSettings = DEFAULT_TIMING
+) -> dict[str, Timing]:
+    """Time every session in alternating blocks (see the module docstring); returns one Timing per name."""
+    names = list(sessions)
+    fed = {n: feeds(sessions[n], inputs) for n in names}
+    for name in names:  # warm-up: first runs pay for allocation and kernel selection
+        for _ in range(settings.warmup):
+            sessions[name].run(None, fed[name])
+    timings = {name: Timing() for name in names}
+    last = dict.fromkeys(names, 0.0)
+    start = time.perf_counter()
+    rounds = 0
+    while _more(timings, rounds, start, settings):
+        for name in names if rounds % 2 == 0 else names[::-1]:
+            last[name] = _block(sessions[name], fed[name], timings[name], last[name], settings)
+        rounds += 1
+    return timings
+
+
+def _more(timings: dict[str, Timing], rounds: int, start: float, settings: TimingSettings) -> bool:
+    fewest = min(t.runs for t in timings.values())
+    if fewest >= settings.max_runs:
+        return False
+    return (
+        fewest < settings.min_runs
+        or rounds < settings.min_rounds
+        or time.perf_counter() - start < settings.seconds
+    )
+
+
+def _block(session, fed: dict, timing: Timing, last: float, settings: TimingSettings) -> float:
+    """One block of runs of one session; returns the last run's time."""
+    if last < settings.block:
+        session.run(None, fed)
+    block: list[float] = []
+    block_start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        session.run(None, fed)
+        last = time.perf_counter() - t0
+        block.append(last)
+        if (
+            time.perf_counter() - block_start >= settings.block
+            or timing.runs + len(block) >= settings.max_runs
+        ):
+            break
+    timing.blocks.append(block)
+    return last
+
+
+def random_inputs(example_inputs: tuple, batch: int) -> list[np.ndarray]:
+    """Seeded normal inputs shaped like ``example_inputs`` with the batch dimension set to ``batch``."""
+    generator = torch.Generator().manual_seed(0)
+    return [
+        torch.randn((batch, *t.shape[1:]), generator=generator, dtype=torch.float32).numpy()
+        for t in example_inputs
+    ]
