@@ -23,29 +23,18 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from convslim.errors import UsageError
 from convslim.runtime.int8_speed import slower_nodes
-
-TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+from convslim.runtime.quantize import TYPES, quantize_nodes
 
 
 @dataclass(frozen=True)
@@ -101,24 +90,6 @@ class Calibration:
         )
 
 
-class TensorReader(CalibrationDataReader):
-    """Feeds ``x`` to the calibrator in batches (a model with a fixed batch gets exactly that batch)."""
-
-    def __init__(self, x: torch.Tensor, input_name: str, batch: int):
-        self.x, self.input_name, self.batch = x.detach().float().cpu().numpy(), input_name, batch
-        self._batches: Iterator[np.ndarray] | None = None
-
-    def get_next(self) -> dict | None:
-        if self._batches is None:
-            stop = len(self.x) - len(self.x) % self.batch
-            self._batches = (self.x[i : i + self.batch] for i in range(0, max(stop, 1), self.batch))
-        batch = next(self._batches, None)
-        return None if batch is None or len(batch) < self.batch else {self.input_name: batch}
-
-    def rewind(self) -> None:
-        self._batches = None
-
-
 @lru_cache(maxsize=1)
 def cpu_has_vnni() -> bool:
     try:
@@ -136,31 +107,6 @@ def preprocess(fp32_path: Path, out_path: Path) -> str | None:
     except Exception as exc:  # noqa: BLE001  (retried without the symbolic pass, and the report says so)
         quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
         return f"symbolic shape inference failed ({str(exc)[:120]}); quantized with ONNX shape inference only"
-
-
-def quantize_nodes(
-    pre_path: Path, out_path: Path, calibration: torch.Tensor, settings: dict, exclude: list[str]
-):
-    """One ``quantize_static`` run (QDQ, per-channel weights) keeping ``exclude`` (node names) in fp32."""
-    model = onnx.load(str(pre_path))
-    name = model.graph.input[0].name
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    batch = (
-        dim.dim_value if dim.HasField("dim_value") else min(settings["calibration_batch"], len(calibration))
-    )
-    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
-    quantize_static(
-        str(pre_path),
-        str(out_path),
-        TensorReader(calibration, name, batch),
-        quant_format=QuantFormat.QDQ,
-        per_channel=settings["per_channel"],
-        reduce_range=settings["reduce_range"],
-        activation_type=TYPES[settings["activation_type"]],
-        weight_type=TYPES[settings["weight_type"]],
-        nodes_to_exclude=list(exclude),
-        calibrate_method=CalibrationMethod.MinMax,
-    )
 
 
 def node_kinds(model: onnx.ModelProto) -> dict[str, str]:

@@ -21,6 +21,7 @@ import onnx
 import torch
 from onnx.utils import Extractor
 
+from convslim.runtime.quantize import quantize_nodes
 from convslim.runtime.sessions import open_session
 from convslim.runtime.timing import TimingSettings, time_sessions
 
@@ -50,8 +51,6 @@ def time_node(
     model, node, sample_shape: list[int], batch: int, resolved: dict, seconds: float
 ) -> float | None:
     """int8 / fp32 median time of ``node`` alone; None when either timing is too noisy to decide on."""
-    from convslim.runtime.int8 import quantize_nodes  # int8 imports this module
-
     micro = Extractor(model).extract_model([node.input[0]], [node.output[0]])
     x = torch.randn((batch, *sample_shape), generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory(prefix="convslim-int8-node-") as scratch:

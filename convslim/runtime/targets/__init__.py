@@ -12,42 +12,8 @@ Example:
 
 from __future__ import annotations
 
-from convslim.errors import UsageError
+from convslim.runtime.targets import cpu, cpu_int8, cuda, tensorrt  # noqa: F401  (each registers itself)
 from convslim.runtime.targets.base import Target
-
-_TARGETS: dict[str, Target] = {}
-
-
-def register_target(target: Target) -> Target:
-    """Add ``target`` under ``target.name``; a second target with the same name is refused."""
-    if target.name in _TARGETS:
-        raise ValueError(f"a runtime target named {target.name!r} is already registered")
-    _TARGETS[target.name] = target
-    return target
-
-
-def get_target(name: str | Target) -> Target:
-    """The registered target called ``name``; an unknown name is a usage error listing the known ones."""
-    if isinstance(name, Target):
-        return name
-    if name not in _TARGETS:
-        raise UsageError(f"--runtime {name!r}: unknown runtime target; known: {', '.join(target_names())}")
-    return _TARGETS[name]
-
-
-def target_names() -> list[str]:
-    return sorted(_TARGETS)
-
-
-def available_target(name: str | Target) -> Target:
-    """``get_target`` that also refuses a target this machine cannot run, saying why."""
-    target = get_target(name)
-    reason = target.unavailable()
-    if reason:
-        raise UsageError(f"--runtime {target.name}: not available here ({reason}); use --runtime cpu")
-    return target
-
-
-from convslim.runtime.targets import cpu, cpu_int8, cuda, tensorrt  # noqa: E402,F401  (they register)
+from convslim.runtime.targets.registry import available_target, get_target, register_target, target_names
 
 __all__ = ["Target", "available_target", "get_target", "register_target", "target_names"]

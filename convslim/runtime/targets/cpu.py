@@ -1,7 +1,7 @@
 """``--runtime cpu``: the exported fp32 model on ONNX Runtime's CPU execution provider (the default)."""
 
-from convslim.runtime.targets import register_target
 from convslim.runtime.targets.base import Target
+from convslim.runtime.targets.registry import register_target
 
 
 class Cpu(Target):

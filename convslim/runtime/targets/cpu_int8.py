@@ -11,8 +11,8 @@ import torch
 
 from convslim.errors import UsageError
 from convslim.runtime.int8 import Calibration, Int8Settings, quantize
-from convslim.runtime.targets import register_target
 from convslim.runtime.targets.base import Deployed, Target
+from convslim.runtime.targets.registry import register_target
 
 
 class CpuInt8(Target):

@@ -2,8 +2,8 @@
 
 import torch
 
-from convslim.runtime.targets import register_target
 from convslim.runtime.targets.base import Target
+from convslim.runtime.targets.registry import register_target
 
 
 class Cuda(Target):

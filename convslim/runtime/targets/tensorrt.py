@@ -3,8 +3,8 @@ CUDA for nodes TensorRT does not take. Present only where onnxruntime-gpu was bu
 
 import torch
 
-from convslim.runtime.targets import register_target
 from convslim.runtime.targets.base import Target
+from convslim.runtime.targets.registry import register_target
 
 
 class TensorRT(Target):
