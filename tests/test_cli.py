@@ -155,6 +155,7 @@ def test_compress_real_resnet20_end_to_end(tmp_path, capsys, resnet20_path):
     report = json.loads((out / "report.json").read_text())
     assert {p.name for p in out.iterdir()} == {
         "model.onnx",
+        "original.onnx",
         "compressed.pt2",
         "compressed_state_dict.pt",
         "plan.json",
@@ -168,5 +169,8 @@ def test_compress_real_resnet20_end_to_end(tmp_path, capsys, resnet20_path):
     for batch in ("1", "32"):
         speed = report["speed"]["ort_cpu"][batch]
         assert speed["latency_ms_original"] > 0 and speed["latency_ms_compressed"] > 0
+        low, high = speed["speedup_iqr"]
+        assert low <= high and speed["runs"] >= 10 and speed["rounds"] >= 3
+    assert report["parity"]["original_onnx_vs_torch"]["passed"]
     assert "ort_cuda" in report["speed"]
     assert "speedup vs BN-folded original" in capsys.readouterr().out

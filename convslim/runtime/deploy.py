@@ -84,6 +84,8 @@ def accuracy(models: dict[str, Path], settings: DeploySettings) -> dict | None:
     outputs = {
         name: run_batched(target.session(path), calibration.held_x, 64) for name, path in models.items()
     }
+    if any(len(out) == 0 for out in outputs.values()):
+        return None  # fewer held-out images than the model's fixed batch
     if calibration.held_y is not None:
         metric, reference = "top1", calibration.held_y.numpy()
     else:

@@ -84,6 +84,8 @@ class Calibration:
         if len(data.x) <= samples:  # too few to hold any back: calibrate on half, check on the rest
             samples = max(len(data.x) // 2, 1)
             held = slice(samples, None)
+        if not len(data.x[held]):
+            return cls(data.x[:samples], source=data.source)  # nothing to hold back: no accuracy check
         y = None if data.y is None else data.y[held]
         return cls(
             data.x[:samples], data.x[held], y, data.source, f"{data.source} (held back, not calibrated on)"

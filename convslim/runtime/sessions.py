@@ -44,4 +44,5 @@ def run_batched(session: ort.InferenceSession, x: torch.Tensor, batch: int) -> n
     fixed = session.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) else batch
     stop = len(x) - len(x) % step if isinstance(fixed, int) else len(x)
-    return np.concatenate([run(session, [x[i : i + step]])[0] for i in range(0, stop, step)])
+    outputs = [run(session, [x[i : i + step]])[0] for i in range(0, stop, step)]
+    return np.concatenate(outputs) if outputs else np.zeros((0,))

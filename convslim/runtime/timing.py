@@ -36,7 +36,7 @@ class TimingSettings:
 
     seconds: float = 3.0
     block_seconds: float | None = None
-    min_rounds: int = 2
+    min_rounds: int = 3
     min_runs: int = 10
     max_runs: int = 100_000
     warmup: int = 3
