@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,11 +54,15 @@ def quantize_nodes(
     batch = (
         dim.dim_value if dim.HasField("dim_value") else min(settings["calibration_batch"], len(calibration))
     )
-    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
+    with _quiet_root_logger():
+        _quantize_static(pre_path, out_path, TensorReader(calibration, name, batch), settings, exclude)
+
+
+def _quantize_static(pre_path, out_path, reader, settings: dict, exclude: list[str]) -> None:
     quantize_static(
         str(pre_path),
         str(out_path),
-        TensorReader(calibration, name, batch),
+        reader,
         quant_format=QuantFormat.QDQ,
         per_channel=settings["per_channel"],
         reduce_range=settings["reduce_range"],
@@ -66,3 +71,15 @@ def quantize_nodes(
         nodes_to_exclude=list(exclude),
         calibrate_method=CalibrationMethod.MinMax,
     )
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime.quantization warns on the root logger (e.g. to pre-process a micro-model that needs none);
+    keep the user's terminal for convslim's summary."""
+    level = logging.root.level
+    logging.root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.root.setLevel(level)
