@@ -203,6 +203,7 @@ def compress(
             batch=plan_batch,
             progress=progress,
             target=deploy.target(),
+            opset=deploy.export.opset,
             **budget,
         )
         timings["plan"] = plan.planning["planning_s"]

@@ -78,9 +78,10 @@ def plan_budgeted(
     seconds: float = 0.3,
     grid: dict | None = None,
     progress: bool = False,
+    opset: int | None = None,
 ) -> Plan:
     """Measure every candidate of every conv of ``prepared`` on ``target`` (``cpu-int8``: in int8) and choose per
-    layer to meet the one budget given."""
+    layer to meet the one budget given. Whole models are exported at ``opset``, as the pipeline will ship them."""
     start = time.perf_counter()
     target = available_target(target)
     budget = check_budget(target_speedup, target_macs, max_error)
@@ -100,7 +101,7 @@ def plan_budgeted(
     probe = probe_inputs(prepared.example_inputs, calibration)
     measure_damage(module, faster, probe, progress, refit=calibration is not None)
     deploy_calibration = None if calibration is None else Calibration(calibration[:256])
-    original_onnx = deployed_bytes(module, prepared.example_inputs, target, deploy_calibration)
+    original_onnx = deployed_bytes(module, prepared.example_inputs, target, deploy_calibration, opset)
     base_s = time_model(original_onnx, prepared.example_inputs, batch, target, seconds=max(5 * seconds, 0.1))
     total_macs = sum(dense_cost(s).macs for s in prepared.sites)
     scale = layer_scale(base_s, layer_total(per_layer))  # see compose: per-layer savings scaled to the model
@@ -117,7 +118,7 @@ def plan_budgeted(
     layers, saved = build(chosen)
     rounds, measured = [], None
     if budget == "target_speedup":
-        loop = _Loop(prepared, target, batch, original_onnx, deploy_calibration)
+        loop = _Loop(prepared, target, batch, original_onnx, deploy_calibration, opset)
         chosen, layers, saved, rounds, measured = _close_the_loop(
             loop, table, need, target_speedup, base_s, build, progress
         )
@@ -185,6 +186,7 @@ class _Loop:
     batch: int
     original_onnx: bytes
     calibration: object = None
+    opset: int | None = None
 
 
 def _close_the_loop(loop: _Loop, table, need, target, base_s, build, progress):
@@ -205,6 +207,7 @@ def _close_the_loop(loop: _Loop, table, need, target, base_s, build, progress):
             loop.target,
             original_model=loop.original_onnx,
             calibration=loop.calibration,
+            opset=loop.opset,
         )
         details.append({k: timed[k] for k in ("speedup_iqr", "runs")} | {"onnx_sha256": _sha(planned)})
         return timed["speedup"]

@@ -33,7 +33,7 @@ from torch import nn
 
 from convslim.core import Plan
 from convslim.passes.apply_plan import apply_plan
-from convslim.runtime.export import export_bytes
+from convslim.runtime.export import ExportSettings, export_bytes
 from convslim.runtime.targets import available_target, get_target
 from convslim.runtime.timing import TimingSettings, compare, random_inputs, time_sessions
 
@@ -44,9 +44,11 @@ NUDGE = 1.06
 NUDGES = 12
 
 
-def deployed_bytes(module: nn.Module, example_inputs: tuple, target, calibration=None) -> bytes:
-    """``module`` exported as the user receives it (``runtime.export_bytes``) and deployed for ``target``."""
-    return get_target(target).deploy_bytes(export_bytes(module, example_inputs), calibration)
+def deployed_bytes(module: nn.Module, example_inputs: tuple, target, calibration=None, opset=None) -> bytes:
+    """``module`` exported as the user receives it (``runtime.export_bytes``, at ``opset``) and deployed for
+    ``target``."""
+    exported = export_bytes(module, example_inputs, ExportSettings(opset=opset))
+    return get_target(target).deploy_bytes(exported, calibration)
 
 
 def measure_plan_speedup(
@@ -58,12 +60,13 @@ def measure_plan_speedup(
     seconds: float = 3.0,  # as the report's measurement
     original_model: bytes | None = None,
     calibration=None,
+    opset: int | None = None,
 ) -> tuple[dict, bytes, bytes]:
     """Whole-model speedup of ``plan`` applied to ``module`` (``runtime.timing.compare``: ratio of medians,
     per-round spread, runs) and the two deployed models timed (original, planned)."""
     target = available_target(target)
-    original_model = original_model or deployed_bytes(module, example_inputs, target, calibration)
-    planned = deployed_bytes(apply_plan(module, plan), example_inputs, target, calibration)
+    original_model = original_model or deployed_bytes(module, example_inputs, target, calibration, opset)
+    planned = deployed_bytes(apply_plan(module, plan), example_inputs, target, calibration, opset)
     sessions = {"original": target.session(original_model), "candidate": target.session(planned)}
     settings = TimingSettings(seconds=seconds, min_runs=10, max_runs=200, warmup=2)
     timed = time_sessions(sessions, random_inputs(example_inputs, batch), settings)

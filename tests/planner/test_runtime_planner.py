@@ -13,6 +13,8 @@ from torch import nn
 from convslim.api import compress, prepare
 from convslim.planner import LatencyCache, latency
 from convslim.planner.candidates import candidates_for, parse_forms
+from convslim.runtime.deploy import DeploySettings
+from convslim.runtime.export import ExportSettings
 
 
 class Small(nn.Module):
@@ -64,6 +66,7 @@ def test_planner_times_the_shipped_bytes(prepared, tmp_path, monkeypatch):
         plan_batch=4,
         out_dir=tmp_path / "out",
         measure_speed=False,
+        deploy=DeploySettings(export=ExportSettings(opset=18)),  # the planner exports at the shipped opset
     )
     planning = result.plan.planning
     shipped = {
