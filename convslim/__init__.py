@@ -9,8 +9,7 @@ from convslim.api import CompressionResult, Prepared, apply, compress, load_comp
 from convslim.convert import FORMS, get_form, register_form
 from convslim.errors import ConvslimError, ModelLoadError, PlanError, UsageError
 from convslim.plan import Plan
-
-__version__ = "0.1.0"
+from convslim.version import __version__ as __version__
 
 __all__ = [
     "FORMS",

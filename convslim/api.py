@@ -24,10 +24,12 @@ from torch import nn
 from convslim.convert import get_form
 from convslim.core import ConvSite, Plan, Prepared, TracedModel
 from convslim.errors import PlanError, UsageError
+from convslim.loading import check_finite
 from convslim.passes import apply_plan, collect_conv_sites, fold_batchnorm, trace_model
 from convslim.passes.trace import propagate_shapes_, without_export_guards
 from convslim.plan import make_plan
 from convslim.report import Report
+from convslim.runinfo import run_record
 from convslim.runtime.deploy import DeploySettings
 from convslim.verify import DEFAULT_RTOL
 
@@ -55,6 +57,7 @@ def prepare(model: nn.Module, example_inputs, calibration: torch.Tensor | None =
     if not isinstance(model, nn.Module):
         raise UsageError(f"expected an nn.Module, got {type(model).__name__}")
     example_inputs = as_inputs(example_inputs)
+    check_finite(model)
     original = without_export_guards(copy.deepcopy(model).eval())
     traced = trace_model(original, example_inputs)
     folded = 0
@@ -171,6 +174,7 @@ def compress(
     max_error: float | None = None,
     plan_batch: int = 32,
     deploy: DeploySettings | None = None,
+    record: dict | None = None,
     **options,
 ) -> CompressionResult:
     """Rewrite ``model``'s convs into form ``to``; with ``verify`` export to ONNX and check it with ORT.
@@ -184,15 +188,24 @@ def compress(
     ``deploy`` (``runtime.deploy.DeploySettings``) names the runtime target (``cpu-int8`` quantizes both models
     with its calibration images and plans in int8), the export's opset and static shape, and the images accuracy
     is checked on; the report then compares original and compressed in fp32 and int8.
+    ``record`` adds facts to the report's ``run`` section (the CLI puts its command line there).
+
+    Checked before any work: ``out_dir`` (writable; empty unless ``overwrite``), the weights (finite), the runtime
+    target, and that the model can be exported at all; a plan that rewrites nothing is refused (``UsageError``).
     """
+    from convslim.outputs import check_output_dir
     from convslim.pipeline import VerifySettings, export_and_verify, weight_errors
+    from convslim.runtime.export import export_program
 
     deploy = deploy or DeploySettings()
     deploy.target()  # unknown, unavailable or uncalibrated targets fail now, not after fine-tuning
-
+    if out_dir is not None:
+        check_output_dir(out_dir, overwrite=overwrite)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     prepared = prepare(model, example_inputs, calibration)
+    if verify or out_dir is not None:  # a model torch.export cannot take fails here, before any rewriting
+        export_program(prepared.traced.module, prepared.example_inputs)
     budget = {"target_speedup": target_speedup, "target_macs": target_macs, "max_error": max_error}
     if plan is None and wants_budgeted(to, budget):
         plan = plan_budgeted(
@@ -209,12 +222,22 @@ def compress(
         timings["plan"] = plan.planning["planning_s"]
     elif plan is None:
         plan = _uniform_plan(prepared, to, exclude, options)
+    if not plan.rewritten:
+        raise UsageError(nothing_rewritten(plan))
     notes = list(prepared.traced.notes)
     compressed = apply(prepared, plan, notes=notes)
     report = Report.from_plan(plan, prepared.traced.mode, weight_errors(prepared, plan))
     report.batchnorm_folded = prepared.batchnorm_folded
     report.planning = plan.planning
     report.notes.extend(notes)
+    settings = {"to": to, "tolerance": tolerance, "batch_sizes": list(batch_sizes), "exclude": list(exclude)}
+    settings.update(
+        measure_speed=measure_speed, verify=verify, plan_batch=plan_batch, finetune=finetune is not None
+    )
+    settings["calibration_samples"] = None if calibration is None else len(calibration)
+    report.run = run_record(
+        prepared.example_inputs, record, {**settings, **{k: v for k, v in budget.items() if v is not None}}
+    )
     timings["rewrite"] = time.perf_counter() - start
     if finetune is not None:
         t0 = time.perf_counter()
@@ -234,6 +257,32 @@ def compress(
             )
             export_and_verify(prepared, compressed, plan, report, Path(scratch), settings)
     return CompressionResult(compressed, report, plan, prepared)
+
+
+def nothing_rewritten(plan: Plan) -> str:
+    """One line: every conv was skipped, the commonest reason, and what to try."""
+    reasons = [d.skipped_reason or "kept" for d in plan.layers]
+    if not reasons:
+        return "nothing to rewrite: the model has no Conv2d layer"
+    first = plan.layers[0]
+    return (
+        f"nothing was rewritten: all {len(reasons)} convs were skipped (e.g. {first.name}: {first.skipped_reason}); "
+        "choose another form or setting (`convslim inspect` shows what each would do); nothing was written"
+    )
+
+
+def export_blocker(prepared: Prepared) -> str | None:
+    """Why torch.export cannot take this model (so compress would fail at export), or None. Only a model that
+    symbolic tracing could not take is tried: an FX-traced one has no Python control flow left to block export."""
+    from convslim.runtime.export import ExportError, export_program
+
+    if prepared.traced.mode == "fx":
+        return None
+    try:
+        export_program(prepared.traced.module, prepared.example_inputs)
+    except ExportError as exc:
+        return str(exc)
+    return None
 
 
 def load_compressed(model: nn.Module, example_inputs, out_dir: str | Path) -> nn.Module:

@@ -242,3 +242,32 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     if len(sizes) not in (1, 2) or min(sizes) < 1:
         raise UsageError(f"--resize {text!r}: expected a size like 32 or 32,48 (H,W)")
     return (sizes[0], sizes[-1])
+
+
+@torch.no_grad()
+def output_classes(model: torch.nn.Module, example_inputs: tuple) -> int | None:
+    """The number of classes when the model returns one N×K tensor (logits), else None (labels unchecked)."""
+    out = model.eval()(*example_inputs)
+    return out.shape[1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+
+
+def load_for_model(
+    path: str | Path,
+    example_inputs: tuple,
+    num_classes: int | None,
+    *,
+    resize: Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    name: str = "--data",
+) -> ArrayData:
+    """``load_data`` plus the checks a model needs: samples shaped like its first input, labels within its
+    classes (``output_classes``). ``name`` says which setting the file came from in messages.
+
+    Example:
+        >>> train = load_for_model("train.npz", (torch.randn(1, 3, 32, 32),), output_classes(model, inputs))
+    """
+    data = load_data(path, resize, mean, std)
+    check_inputs(data, example_inputs[0].shape, f"{name} {data.source}")
+    check_labels(data, num_classes, f"{name} {data.source}")
+    return data

@@ -13,7 +13,21 @@ from convslim.convert import get_form
 from convslim.core import Prepared, dense_cost
 
 
+def options_per_form(forms: list[str], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each form's options in force (its own share of ``options``, checked); an option no form takes is refused."""
+    per_form = {}
+    for name in forms:
+        form = get_form(name)
+        own = {o.name for o in form.options}
+        per_form[name] = form.check_options({k: v for k, v in options.items() if k in own})
+    for key in options:
+        if not any(key in given for given in per_form.values()):
+            get_form(forms[0]).check_options({key: options[key]})  # raises: names the form's own options
+    return per_form
+
+
 def inspect_rows(prepared: Prepared, forms: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
+    per_form = options_per_form(forms, options)
     rows = []
     for site in prepared.sites:
         cost = dense_cost(site)
@@ -33,7 +47,7 @@ def inspect_rows(prepared: Prepared, forms: list[str], options: dict[str, Any]) 
         }
         for name in forms:
             form = get_form(name)
-            setting = form.settings_from_options(site, options) if site.calls else {}
+            setting = form.settings_from_options(site, per_form[name]) if site.calls else {}
             reason = form.supports(site, setting) if site.calls else "never called on the example inputs"
             if reason:
                 row["forms"][name] = {"skipped_reason": reason}

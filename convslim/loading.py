@@ -44,27 +44,57 @@ def load_model(
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     kind = _archive_kind(path)
+    if kind == "onnx":
+        raise ModelLoadError(
+            f"{path} is already an ONNX model; give the PyTorch model it came from (state_dict + --arch, or .pt2)"
+        )
+    if kind == "unknown":
+        raise ModelLoadError(
+            f"{path} is not a PyTorch file (expected torch.save output or a torch.export .pt2), or it is "
+            "truncated or corrupt; check the path"
+        )
     if kind == "torchscript":
         raise ModelLoadError(
             f"{path} is a TorchScript archive, whose compiled graph cannot be rewritten; save the model's "
             "state_dict (torch.save(model.state_dict(), ...)) and pass --arch, or export it with torch.export (.pt2)"
         )
     if kind == "export":
-        return _load_exported(path, device)
+        return _checked(_load_exported(path, device), path)
     obj = _load_weights_only(path, device, trust_pickle)
     if isinstance(obj, nn.Module):
-        return obj.to(device).eval()
+        return _checked(obj.to(device).eval(), path)
     state = _unwrap_state_dict(obj, path)
     if arch is None:
         raise ModelLoadError(f"{path} holds a state_dict: pass --arch module.path:factory to build the model")
     model = build_arch(arch, arch_kwargs, import_paths)
     _load_state(model, state, path, arch)
-    return model.to(device).eval()
+    return _checked(model.to(device).eval(), path)
+
+
+def _checked(model: nn.Module, path: Path) -> nn.Module:
+    check_finite(model, str(path))
+    return model
+
+
+def check_finite(model: nn.Module, source: str = "the model") -> None:
+    """Refuse weights holding NaN or ±inf: every form's factorisation (SVD, least squares) would fail on them."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, value in tensors:
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ModelLoadError(
+                f"{source}: {name} holds NaN or infinite values; the weights are damaged, save them again "
+                "from a healthy training run"
+            )
 
 
 def _archive_kind(path: Path) -> str:
+    """ "export", "torchscript", "pickle" (zip torch.save), "legacy" (old torch.save), "onnx" or "unknown"."""
     if not zipfile.is_zipfile(path):
-        return "legacy"
+        with path.open("rb") as fh:
+            head = fh.read(2)
+        if head[:1] == b"\x80":  # pickle protocol 2+: the old torch.save format
+            return "legacy"
+        return "onnx" if _looks_like_onnx(path) else "unknown"
     try:
         names = zipfile.ZipFile(path).namelist()
     except (zipfile.BadZipFile, OSError):
@@ -74,6 +104,20 @@ def _archive_kind(path: Path) -> str:
     if any("/code/__torch__" in n for n in names) or any(n.endswith("/constants.pkl") for n in names):
         return "torchscript"
     return "pickle"
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    if path.suffix.lower() == ".onnx":
+        return True
+    with path.open("rb") as fh:
+        if fh.read(1) != b"\x08":  # protobuf field 1 (ir_version), varint: how every ONNX file starts
+            return False
+    try:
+        import onnx
+
+        return len(onnx.load(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # noqa: BLE001  (any parse failure simply means "not ONNX")
+        return False
 
 
 def _load_exported(path: Path, device: str) -> nn.Module:
@@ -88,14 +132,16 @@ def _load_weights_only(path: Path, device: str, trust_pickle: bool):
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
-            raise ModelLoadError(f"{path}: not a readable PyTorch file ({_short(exc)})") from None
+        if "Unsupported global" not in str(exc):  # only a pickle naming classes holds a pickled object
+            raise ModelLoadError(
+                f"{path} is not a PyTorch file, or it is truncated or corrupt; check the path"
+            ) from None
         if not trust_pickle:
             raise ModelLoadError(
                 f"{path} holds a pickled module, and unpickling runs arbitrary code: save a state_dict and pass "
                 "--arch, or re-run with --trust-pickle if you trust where the file came from"
             ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
         raise ModelLoadError(
             f"{path}: not a readable PyTorch file, truncated or corrupt ({_short(exc)})"
         ) from None
@@ -139,6 +185,11 @@ def build_arch(
         raise UsageError(
             f"--arch {arch!r}: calling it with {kwargs} failed ({exc}); check --arch-kwargs"
         ) from None
+    except Exception as exc:  # noqa: BLE001  (the user's factory: any failure is theirs to fix, in one line)
+        raise UsageError(
+            f"--arch {arch!r}: the factory raised {type(exc).__name__}: {_short(exc)}; fix the factory or "
+            "--arch-kwargs (--debug shows the traceback)"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise UsageError(f"--arch {arch!r} returned a {type(model).__name__}, not an nn.Module")
     return model
@@ -151,7 +202,12 @@ def _import(module_name: str):
             raise UsageError(f"--arch: {file} does not exist")
         spec = importlib.util.spec_from_file_location(file.stem, file)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001  (the user's file: report it in one line)
+            raise UsageError(
+                f"--arch: running {file} raised {type(exc).__name__}: {_short(exc)}; fix that file"
+            ) from exc
         return module
     try:
         return importlib.import_module(module_name)
@@ -159,6 +215,10 @@ def _import(module_name: str):
         raise UsageError(
             f"--arch: cannot import {module_name} ({exc}); add its folder with --import-path"
         ) from None
+    except Exception as exc:  # noqa: BLE001  (the user's module failed while importing: theirs to fix)
+        raise UsageError(
+            f"--arch: importing {module_name} raised {type(exc).__name__}: {_short(exc)}; fix that module"
+        ) from exc
 
 
 def _parse_kwargs(arch_kwargs: str | dict | None) -> dict:
@@ -176,6 +236,17 @@ def _parse_kwargs(arch_kwargs: str | dict | None) -> dict:
 
 
 def _load_state(model: nn.Module, state: dict, path: Path, arch: str) -> None:
+    own = model.state_dict()
+    wrong = [
+        f"{k} is {list(v.shape)} in the file but {list(own[k].shape)} in the model"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if wrong:
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise ModelLoadError(
+            f"{path} does not fit --arch {arch}: {wrong[0]}{more}; check --arch and --arch-kwargs"
+        )
     result = model.load_state_dict(state, strict=False)
     problems = []
     if result.missing_keys:

@@ -15,24 +15,65 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from convslim.errors import UsageError
 
+API_WORDS = ("out_dir", "overwrite=True")
+CLI_WORDS = ("--out", "--overwrite")
 
-def check_output_dir(out_dir: str | Path, inputs: list[str | Path] = (), overwrite: bool = False) -> Path:
-    """Refuse an output folder that would overwrite or contain an input, or that already has files."""
+
+def check_output_dir(
+    out_dir: str | Path,
+    inputs: Sequence[str | Path] = (),
+    overwrite: bool = False,
+    words: tuple[str, str] = API_WORDS,
+) -> list[str]:
+    """Refuse, before any work, an output folder that would overwrite or contain an input, that already has
+    files (unless ``overwrite``), or where nothing can be written. Returns the names ``overwrite`` will remove.
+
+    ``words`` names the setting and the override in the caller's terms (``out_dir``/``overwrite=True`` for the
+    API, ``--out``/``--overwrite`` for the CLI).
+    """
+    flag, override = words
     out = Path(out_dir).resolve()
     for item in inputs:
         src = Path(item).resolve()
         if src == out or out in src.parents:
-            raise UsageError(f"--out {out_dir} would overwrite the input {item}; choose another folder")
+            raise UsageError(f"{flag} {out_dir} would overwrite the input {item}; choose another folder")
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out_dir} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"--out {out_dir} already has files; choose a new folder or pass --overwrite")
-    return out
+        raise UsageError(f"{flag} {out_dir} is a file; give a folder")
+    existing = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if existing and not overwrite:
+        raise UsageError(f"{flag} {out_dir} already has files; choose a new folder or pass {override}")
+    _check_writable(out.parent, flag, out_dir)
+    return existing
+
+
+def check_output_file(path: str | Path, overwrite: bool = False, words: tuple[str, str] = API_WORDS) -> None:
+    """Refuse, before any work, an output file that exists (unless ``overwrite``), is a folder, or cannot be
+    written where it goes."""
+    flag, override = words
+    out = Path(path).resolve()
+    if out.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name such as plan.json")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{flag} {path} exists; pass {override} to replace it")
+    _check_writable(out.parent, flag, path)
+
+
+def _check_writable(folder: Path, flag: str, out_dir) -> None:
+    """Create and remove a folder where the staging folder will go (the nearest existing ancestor)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        Path(tempfile.mkdtemp(prefix=".convslim-probe-", dir=folder)).rmdir()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(
+            f"{flag} {out_dir}: cannot write in {folder} ({reason}); choose a writable folder"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -60,7 +101,7 @@ def _promote(staging: Path, out: Path, overwrite: bool) -> None:
     old = None
     if out.exists():
         if any(out.iterdir()) and not overwrite:
-            raise UsageError(f"--out {out} gained files while we worked; nothing was written")
+            raise UsageError(f"{out} gained files while convslim worked; nothing was written")
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(old)
     staging.rename(out)

@@ -54,6 +54,7 @@ def make_plan(
 ) -> Plan:
     """Uniform policy: every conv the form supports, at the setting the options give."""
     form = get_form(form_name)
+    options = form.check_options(options)  # every option in force, defaults included; bad values refused here
     layers = []
     for site in sites:
         if any(site.name == e or site.name.startswith(e + ".") for e in exclude):

@@ -31,6 +31,7 @@ class Report:
     passed: bool | None = None
     planning: dict[str, Any] | None = None  # budgeted plans: budget, predicted speedup/error, planning time
     deploy: dict[str, Any] | None = None  # runtime target, int8 details, accuracy and speed of every model
+    run: dict[str, Any] = field(default_factory=dict)  # command line, input, every option, versions, CPU
 
     @classmethod
     def from_plan(cls, plan: Plan, trace_mode: str, weight_errors: dict[str, float | None]) -> Report:
@@ -40,7 +41,7 @@ class Report:
                 {
                     "name": d.name,
                     "form": d.form,
-                    "setting": d.setting,
+                    "setting": brief_setting(d.setting),
                     "skipped_reason": d.skipped_reason,
                     "weight_shape": d.weight_shape,
                     "in_shape": d.in_shape,
@@ -79,12 +80,22 @@ class Report:
         if "compressed_vs_original" in self.parity:
             c = self.parity["compressed_vs_original"]
             agree = "" if c["top1_agreement"] is None else f", top-1 agreement {c['top1_agreement']:.1%}"
+            on = f" on {c['inputs']}" if c.get("inputs") else ""
             lines.append(
-                f"  compressed vs original: rel L2 {c['rel_l2']:.3f}, cosine {c['cosine']:.4f}{agree}"
+                f"  compressed vs original{on}: rel L2 {c['rel_l2']:.3f}, cosine {c['cosine']:.4f}{agree}"
             )
+            if not agrees(c):
+                lines.append(
+                    "  WARNING: the compressed model no longer agrees with the original; fine-tune it with --data "
+                    "(or choose a milder setting, e.g. a higher --rank) before using it"
+                )
         for provider, per_batch in self.speed.items():
             if "skipped" in per_batch:
-                lines.append(f"  {provider}: skipped ({per_batch['skipped']})")
+                reason = per_batch["skipped"]
+                shown = (
+                    reason if reason.startswith("speed not measured") else f"{provider}: skipped ({reason})"
+                )
+                lines.append(f"  {shown}")
                 continue
             parts = [f"batch {b}: {v['speedup']:.2f}x" for b, v in per_batch.items()]
             lines.append(f"  {provider} speedup vs BN-folded original: " + ", ".join(parts))
@@ -173,7 +184,31 @@ class Report:
             out += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         if self.timings_s:
             out += ["", "## Time", ""] + [f"- {k}: {v:.1f} s" for k, v in self.timings_s.items()]
+        out += _run_markdown(self.run, self.options)
         return "\n".join(out) + "\n"
+
+
+AGREEMENT_FLOOR = 0.9  # below this top-1 agreement or cosine, the summary warns
+
+
+def agrees(closeness: dict[str, Any]) -> bool:
+    """Whether compressed and original still agree: cosine and top-1 agreement (when there is one) ≥ 0.9."""
+    top1 = closeness.get("top1_agreement")
+    return closeness["cosine"] >= AGREEMENT_FLOOR and (top1 is None or top1 >= AGREEMENT_FLOOR)
+
+
+def brief_setting(setting: dict[str, Any], longest: int = 8) -> dict[str, Any]:
+    """The setting as the report shows it: per-channel lists (octave losses, channel scales) summarised as
+    "N values, min..max"; ``plan.json`` keeps them whole."""
+    out = {}
+    for key, value in setting.items():
+        if isinstance(value, (list, tuple)) and len(value) > longest:
+            numbers = [v for v in value if isinstance(v, (int, float))]
+            span = f", {min(numbers):.3g}..{max(numbers):.3g}" if numbers else ""
+            out[key] = f"{len(value)} values{span}"
+        else:
+            out[key] = value
+    return out
 
 
 def _ratio(after: int, before: int) -> str:
@@ -220,4 +255,23 @@ def _finetune_markdown(finetune: dict[str, Any]) -> list[str]:
             f"| {r['layer']} | {r['method']} | {r['error_before']:.3f} | {r['error_after']:.3f} |"
             for r in layers
         ]
+    return out
+
+
+def _run_markdown(run: dict[str, Any], options: dict[str, Any]) -> list[str]:
+    """The "Run" section: how this report was made (command, input, every option in force, versions, CPU)."""
+    if not run:
+        return []
+    out = ["", "## Run", ""]
+    for key in ("command", "model", "arch", "input_shape", "input_shapes", "cpu", "threads"):
+        if run.get(key) is not None:
+            out.append(f"- {key.replace('_', ' ')}: `{run[key]}`")
+    versions = run.get("versions") or {}
+    if versions:
+        out.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    settings = {f"form.{k}": v for k, v in options.items()}
+    settings.update({f"compress.{k}": v for k, v in (run.get("compress_options") or {}).items()})
+    settings.update({f"cli.{k}": v for k, v in (run.get("cli_options") or {}).items()})
+    if settings:
+        out += ["", "| option | value |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in settings.items()]
     return out

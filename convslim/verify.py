@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from convslim.errors import UsageError
 from convslim.runtime.sessions import open_session, run
 
 DEFAULT_RTOL = 1e-4
@@ -24,15 +25,31 @@ def make_session(path: str | Path, provider: str = "CPUExecutionProvider"):
     return open_session(path, [provider])
 
 
-def run_session(session, inputs: Sequence[torch.Tensor]) -> np.ndarray:
-    return run(session, inputs)[0]
+def run_session(session, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """Every output of the session, in the exporter's order (the flattened order of ``named_outputs``)."""
+    return run(session, inputs)
+
+
+def named_outputs(out, name: str = "output") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor in a model's output, flattened in pytree order (as the ONNX exporter orders its outputs) and
+    named by its path: ``output``, ``output[0]``, ``output['logits']``. Other values (None, ints) are skipped."""
+    if isinstance(out, torch.Tensor):
+        return [(name, out)]
+    if isinstance(out, dict):
+        items = [(f"{name}[{k!r}]", v) for k, v in out.items()]
+    elif isinstance(out, (tuple, list)):
+        items = [(f"{name}[{i}]", v) for i, v in enumerate(out)]
+    else:
+        return []
+    return [pair for key, value in items for pair in named_outputs(value, key)]
 
 
 @torch.no_grad()
-def _torch_output(model: nn.Module, inputs: Sequence[torch.Tensor]) -> np.ndarray:
-    out = model(*inputs)
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    return out.detach().float().cpu().numpy()
+def _torch_outputs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[tuple[str, np.ndarray]]:
+    named = named_outputs(model(*inputs))
+    if not named:
+        raise UsageError("the model's output holds no tensor; convslim compares tensor outputs")
+    return [(key, t.detach().float().cpu().numpy()) for key, t in named]
 
 
 def onnx_parity(
@@ -42,30 +59,60 @@ def onnx_parity(
     rtol: float = DEFAULT_RTOL,
     provider: str = "CPUExecutionProvider",
 ) -> dict:
-    """Max |ONNX − PyTorch| over ``batches``; passes when it is at most ``rtol`` × max |PyTorch output|."""
+    """Max |ONNX − PyTorch| over ``batches`` for every tensor output; each passes when it is at most ``rtol`` ×
+    its own max |PyTorch output|. ``outputs`` lists them by name; the top-level numbers are the worst one's."""
     session = make_session(onnx_path, provider)
-    max_err, scale = 0.0, 0.0
+    errors: dict[str, list[float]] = {}  # name -> [max abs err, scale]
     for inputs in batches:
-        ref = _torch_output(model, inputs)
+        ref = _torch_outputs(model, inputs)
         got = run_session(session, inputs)
-        max_err = max(max_err, float(np.abs(got - ref).max()))
-        scale = max(scale, float(np.abs(ref).max()))
-    tolerance = rtol * max(scale, 1e-12)
+        for (key, r), g in zip(ref, got, strict=True):
+            err, scale = errors.setdefault(key, [0.0, 0.0])
+            errors[key] = [max(err, float(np.abs(g - r).max())), max(scale, float(np.abs(r).max()))]
+    outputs = [
+        {
+            "name": key,
+            "max_abs_err": err,
+            "output_scale": scale,
+            "tolerance": rtol * max(scale, 1e-12),
+            "passed": err <= rtol * max(scale, 1e-12),
+        }
+        for key, (err, scale) in errors.items()
+    ]
+    worst = max(outputs, key=lambda o: o["max_abs_err"] / max(o["output_scale"], 1e-12))  # tolerance may be 0
     return {
-        "max_abs_err": max_err,
-        "output_scale": scale,
+        "max_abs_err": worst["max_abs_err"],
+        "output_scale": worst["output_scale"],
         "rtol": rtol,
-        "tolerance": tolerance,
-        "passed": max_err <= tolerance,
+        "tolerance": worst["tolerance"],
+        "passed": all(o["passed"] for o in outputs),
         "n_batches": len(batches),
         "provider": provider,
+        "outputs": outputs,
     }
 
 
 def compare_models(original: nn.Module, compressed: nn.Module, batches: list[tuple]) -> dict:
-    """How far the compressed model's outputs are from the original's: relative L2, cosine, top-1 agreement."""
-    ref = np.concatenate([_torch_output(original, b) for b in batches]).astype(np.float64)
-    got = np.concatenate([_torch_output(compressed, b) for b in batches]).astype(np.float64)
+    """How far the compressed model's outputs are from the original's: relative L2, cosine and top-1 agreement
+    for every tensor output (``outputs``); the top-level numbers are the worst over the outputs."""
+    refs = [_torch_outputs(original, b) for b in batches]
+    gots = [_torch_outputs(compressed, b) for b in batches]
+    outputs = []
+    for i, (key, _) in enumerate(refs[0]):
+        ref = np.concatenate([r[i][1] for r in refs]).astype(np.float64)
+        got = np.concatenate([g[i][1] for g in gots]).astype(np.float64)
+        outputs.append({"name": key, **_closeness(ref, got)})
+    agreements = [o["top1_agreement"] for o in outputs if o["top1_agreement"] is not None]
+    return {
+        "rel_l2": max(o["rel_l2"] for o in outputs),
+        "cosine": min(o["cosine"] for o in outputs),
+        "top1_agreement": min(agreements) if agreements else None,
+        "n_samples": outputs[0]["n_samples"],
+        "outputs": outputs,
+    }
+
+
+def _closeness(ref: np.ndarray, got: np.ndarray) -> dict:
     diff = np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)
     cosine = float((got * ref).sum() / max(np.linalg.norm(got) * np.linalg.norm(ref), 1e-30))
     result = {"rel_l2": float(diff), "cosine": cosine, "top1_agreement": None, "n_samples": int(ref.shape[0])}

@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from convslim.convert.base import ConvSite, Cost, Form, dense_cost
+from convslim.convert.base import ConvSite, Cost, Form, Option, dense_cost
 from convslim.errors import UsageError
 
 FORMS: dict[str, Form] = {}
@@ -43,4 +43,4 @@ def _register_builtin_forms() -> None:
 
 _register_builtin_forms()
 
-__all__ = ["FORMS", "ConvSite", "Cost", "Form", "dense_cost", "get_form", "register_form"]
+__all__ = ["FORMS", "ConvSite", "Cost", "Form", "Option", "dense_cost", "get_form", "register_form"]

@@ -9,11 +9,14 @@ planner may pick others.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from convslim.core.sites import ConvSite, Cost, dense_cost
+from convslim.errors import UsageError
 
 
 def plain_conv2d_reason(conv: nn.Module) -> str | None:
@@ -27,10 +30,81 @@ def plain_conv2d_reason(conv: nn.Module) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Option:
+    """One user option of a form: ``name=`` in the API, ``--name-with-dashes`` on the command line (the CLI builds
+    its "form settings" group from every registered form's options, so a new form needs no CLI edit).
+
+    ``default`` is what the form uses when the option is not given (shown in ``--help``, recorded in the report);
+    ``check(value)`` returns None or what is wrong with the value (e.g. "a whole number ≥ 1"); ``type`` bool makes
+    a ``--name`` / ``--no-name`` switch. A value of 0 is never "absent": it is checked like any other.
+
+    Example:
+        >>> Option("rank", float, "rank T", default=1, check=whole_at_least(1))
+    """
+
+    name: str
+    type: type
+    help: str
+    default: Any = None
+    choices: tuple = ()
+    check: Callable[[Any], str | None] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def problem(self, value: Any) -> str | None:
+        """None when ``value`` is acceptable, else what it must be."""
+        if value is None:
+            return None
+        if self.type is bool:
+            return None if isinstance(value, bool) else "true or false"
+        if self.type in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return "a number"
+        if self.type is float and value != value:
+            return "a number (not NaN)"
+        if self.choices and value not in self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        return self.check(value) if self.check else None
+
+
+def whole_at_least(low: int) -> Callable[[Any], str | None]:
+    return lambda v: None if float(v).is_integer() and v >= low else f"a whole number ≥ {low}"
+
+
+def whole_or_fraction(v: Any) -> str | None:
+    ok = 0 < v < 1 or (v >= 1 and float(v).is_integer())
+    return None if ok else "a whole number ≥ 1 or a fraction in (0, 1)"
+
+
+def in_interval(low: float, high: float, closed_low: bool, closed_high: bool) -> Callable[[Any], str | None]:
+    lo_ok = (lambda v: v >= low) if closed_low else (lambda v: v > low)
+    hi_ok = (lambda v: v <= high) if closed_high else (lambda v: v < high)
+    shown = f"{'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}"
+    return lambda v: None if lo_ok(v) and hi_ok(v) else f"in {shown}"
+
+
 class Form:
-    """Base class of a conversion form. Subclasses set ``name`` and implement the four methods."""
+    """Base class of a conversion form. Subclasses set ``name`` and ``options`` and implement the four
+    methods."""
 
     name: str = ""
+    options: tuple[Option, ...] = ()
+
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Every option in force: the given ones checked (unknown names refused), the rest at their defaults."""
+        known = {o.name: o for o in self.options}
+        for key, value in options.items():
+            option = known.get(key)
+            if option is None:
+                flags = ", ".join(o.flag for o in self.options) or "none"
+                flag = "--" + key.replace("_", "-")
+                raise UsageError(f"{flag} does not apply to form {self.name} (its options: {flags})")
+            problem = option.problem(value)
+            if problem:
+                raise UsageError(f"{option.flag} for {self.name} must be {problem}, got {value!r}")
+        return {o.name: o.default if options.get(o.name) is None else options[o.name] for o in self.options}
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         """Turn user options into this conv's concrete setting (policy; the planner may override it)."""

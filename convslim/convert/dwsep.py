@@ -39,7 +39,15 @@ import torch
 from torch import nn
 
 from convslim.convert import register_form
-from convslim.convert.base import ConvSite, Cost, Form, plain_conv2d_reason
+from convslim.convert.base import (
+    ConvSite,
+    Cost,
+    Form,
+    Option,
+    in_interval,
+    plain_conv2d_reason,
+    whole_at_least,
+)
 from convslim.errors import UsageError
 
 EMISSIONS = ("sum", "concat")
@@ -137,6 +145,20 @@ def dwsep_weight_error(weight: torch.Tensor, rank: int) -> float:
 
 class DwsepForm(Form):
     name = "dwsep"
+    options = (
+        Option(
+            "rank", float, "dwsep: rank T, depthwise filters per input channel", 1, check=whole_at_least(1)
+        ),
+        Option(
+            "energy",
+            float,
+            "keep this fraction of each layer's weight energy (sets the rank; overrides --rank)",
+            check=in_interval(0, 1, False, True),
+        ),
+        Option(
+            "emission", str, "dwsep: how rank T > 1 runs: T summed branches or one concat", "sum", EMISSIONS
+        ),
+    )
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         energy = options.get("energy")

@@ -43,7 +43,15 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from convslim.convert import register_form
-from convslim.convert.base import ConvSite, Cost, Form, plain_conv2d_reason
+from convslim.convert.base import (
+    ConvSite,
+    Cost,
+    Form,
+    Option,
+    plain_conv2d_reason,
+    whole_at_least,
+    whole_or_fraction,
+)
 from convslim.core.regroup import Regroupable
 from convslim.errors import UsageError
 
@@ -288,6 +296,24 @@ def channel_scale(sample: torch.Tensor | None) -> list[float] | None:
 
 class GroupedForm(Form):
     name = "grouped"
+    options = (
+        Option("groups", int, "grouped: groups g", DEFAULT_GROUPS, check=whole_at_least(1)),
+        Option("mix", bool, "grouped: add a pointwise 1x1 that mixes the groups", False),
+        Option(
+            "width",
+            float,
+            "grouped --mix: width R of the mixer (a fraction < 1 means of full width; default: out channels)",
+            check=whole_or_fraction,
+        ),
+        Option(
+            "permute",
+            str,
+            "grouped: where channels are coupled (residual add, concat) keep the identity order "
+            "(consistent) or an explicit channel gather",
+            "consistent",
+            POLICIES,
+        ),
+    )
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         groups = options.get("groups")

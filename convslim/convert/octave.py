@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convslim.convert import register_form
-from convslim.convert.base import ConvSite, Cost, Form, plain_conv2d_reason
+from convslim.convert.base import ConvSite, Cost, Form, Option, in_interval, plain_conv2d_reason
 from convslim.convert.octave_conv import (
     MIN_CHANNELS,
     OctaveConv2d,
@@ -100,6 +100,21 @@ def _conv_size(n: int, i: int, conv: nn.Conv2d) -> int:
 
 class OctaveForm(Form):
     name = "octave"
+    options = (
+        Option(
+            "alpha",
+            float,
+            "octave: fraction of channels at half resolution",
+            0.5,
+            check=in_interval(0, 1, True, False),
+        ),
+        Option(
+            "octave_region",
+            bool,
+            "octave: keep the half-resolution channels low across layers (cancel merge/split pairs)",
+            True,
+        ),
+    )
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         alpha = parse_alpha(options)

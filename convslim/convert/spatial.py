@@ -44,7 +44,16 @@ import torch
 from torch import nn
 
 from convslim.convert import register_form
-from convslim.convert.base import ConvSite, Cost, Form, plain_conv2d_reason
+from convslim.convert.base import (
+    ConvSite,
+    Cost,
+    Form,
+    Option,
+    in_interval,
+    plain_conv2d_reason,
+    whole_at_least,
+    whole_or_fraction,
+)
 from convslim.errors import UsageError
 
 
@@ -152,6 +161,24 @@ def resolve_rank(conv: nn.Conv2d, options: dict[str, Any]) -> int:
 
 class SpatialForm(Form):
     name = "spatial"
+    options = (
+        Option(
+            "rank", float, "spatial: rank r (a fraction < 1 means of full rank)", 0.5, check=whole_or_fraction
+        ),
+        Option(
+            "energy",
+            float,
+            "keep this fraction of each layer's weight energy (sets the rank; overrides --rank)",
+            check=in_interval(0, 1, False, True),
+        ),
+        Option(
+            "rank_multiple",
+            int,
+            "spatial: round the rank up to a multiple (e.g. 8 or 16)",
+            1,
+            check=whole_at_least(1),
+        ),
+    )
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         if plain_conv2d_reason(site.conv):

@@ -80,6 +80,62 @@ def finetune(data, val_data=None, **settings):
     return lambda prepared, compressed, plan: run(prepared, compressed, plan, train, val, config)
 
 
+@dataclass
+class FinetuneData:
+    """What ``from_files`` loaded: the hook for ``compress(finetune=)``, the calibration batch for
+    ``compress(calibration=)``, and the data sets (``skipped`` counts unreadable images)."""
+
+    hook: object
+    calibration: torch.Tensor
+    train: object
+    val: object | None
+
+
+@torch.no_grad()
+def check_finetunable(model, example_inputs: tuple) -> None:
+    """Fine-tuning distils the model's output: it must be one tensor (logits), else a one-line UsageError."""
+    out = model.eval()(*example_inputs)
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(
+            f"fine-tuning distils the model's output, which must be one tensor (logits); this model returns "
+            f"a {type(out).__name__}; drop --data, or wrap the model so it returns one tensor"
+        )
+
+
+def from_files(
+    model,
+    example_inputs,
+    data,
+    val_data=None,
+    *,
+    resize=None,
+    mean=None,
+    std=None,
+    calibration_batch: int = 256,
+    **settings,
+) -> FinetuneData:
+    """Load ``data`` (and ``val_data``: image folder, .npz or .pt) checked against ``model``'s inputs and
+    classes, and build the fine-tuning hook; ``settings`` are ``FinetuneSettings`` fields.
+
+    Example:
+        >>> ft = from_files(model, (torch.randn(1, 3, 32, 32),), "train.npz", "val.npz", steps=300)
+        >>> compress(model, x, to="dwsep", rank=1, finetune=ft.hook, calibration=ft.calibration)
+    """
+    from convslim.data import load_for_model, output_classes
+
+    example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    check_finetunable(model, example_inputs)
+    classes = output_classes(model, example_inputs)
+    loading = {"resize": resize, "mean": mean, "std": std}
+    train = load_for_model(data, example_inputs, classes, name="--data", **loading)
+    val = None
+    if val_data is not None:
+        val = load_for_model(val_data, example_inputs, classes, name="--val-data", **loading)
+    device = settings.get("device") or "cpu"
+    hook = finetune(train, val, **settings)
+    return FinetuneData(hook, train.x[:calibration_batch].to(device), train, val)
+
+
 def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
     start = time.perf_counter()
     torch.manual_seed(s.seed)
@@ -119,6 +175,7 @@ def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
             report["kept"] = "stage1"
         report["interrupted"] = stop.requested
         report["stopped_by"] = stop.signal_name
+        report["progress"] = _progress(len(rows), len(names), report, s)
     report["accuracy"] = accuracy
     report["wall_time_s"] = round(time.perf_counter() - start, 1)
     report["summary"] = _summary(accuracy, report)
@@ -181,6 +238,14 @@ def _settings(s: FinetuneSettings) -> dict:
     return out
 
 
+def _progress(refit: int, layers: int, report: dict, s: FinetuneSettings) -> str:
+    """How far the fine-tune got, e.g. "stage 1: 8 of 19 layers refit; stage 2: 0 of 1000 steps"."""
+    steps = sum((report.get(k) or {}).get("steps", 0) for k in ("stage2_blocks", "stage2_distill"))
+    planned = s.steps or (None if s.minutes else DEFAULT_STEPS)
+    of = f"{steps} of {planned} steps" if planned else f"{steps} steps (budget {s.minutes:g} min)"
+    return f"stage 1: {refit} of {layers} layers refit; stage 2: {of}"
+
+
 def _summary(accuracy: dict, report: dict) -> dict:
     out = {}
     if accuracy["metric"]:
@@ -191,5 +256,5 @@ def _summary(accuracy: dict, report: dict) -> dict:
         out["kept"] = "stage-1 weights (stage 2 scored lower)"
     out["time"] = f"{report['wall_time_s']:.0f} s"
     if report["interrupted"]:
-        out["INTERRUPTED"] = f"by {report['stopped_by']}, best weights so far kept"
+        out["INTERRUPTED"] = f"by {report['stopped_by']} at {report['progress']}, best weights so far kept"
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +40,12 @@ def interruptible() -> Iterator[StopFlag]:
             raise KeyboardInterrupt
         flag.requested = True
         flag.signal_name = signal.Signals(signum).name
+        print(
+            f"\nconvslim: {flag.signal_name} received: stopping the fine-tune; the best weights so far are being "
+            "exported and written (press Ctrl-C again to abort without writing)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import re
 import tempfile
 import warnings
 from collections import Counter
@@ -111,7 +112,28 @@ def export_program(
         try:
             return torch.export.export(model.eval(), tuple(example_inputs)), None
         except Exception as exc:  # noqa: BLE001
-            raise ExportError(f"torch.export failed: {_first_line(exc)}") from exc
+            raise ExportError(_export_advice(exc)) from exc
+
+
+_RAISING_CALL = re.compile(
+    r'The following call raised this error:\s*\n\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)'
+    r"\n\s*(?P<code>[^\n]+)"
+)
+
+
+def _export_advice(exc: Exception) -> str:
+    """One line: which line of the model stops torch.export and what to do about it."""
+    found = _RAISING_CALL.search(str(exc))
+    where = (
+        f"{found['file']}:{found['line']} (`{found['code'].strip()}` in {found['func']})" if found else None
+    )
+    if "data-dependent" in str(exc):
+        return (
+            f"torch.export cannot export the model: {where or 'its forward'} branches on tensor values; write "
+            "that branch with torch.cond, or make the decision outside forward (e.g. a constructor argument)"
+        )
+    at = f" at {where}" if where else ""
+    return f"torch.export cannot export the model{at}: {_first_line(exc)}"
 
 
 def _batch_of_two(x):
@@ -190,12 +212,18 @@ def file_sha256(path: str | Path) -> str:
 @contextlib.contextmanager
 def _quiet_exporter():
     """The exporters chat on stdout, stderr and the logging module; keep the user's terminal for our summary."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    # "torch" covers torch.export, torch._dynamo and torch.fx (which logs whole graph dumps when export fails)
+    names = ("torch", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:

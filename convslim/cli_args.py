@@ -1,0 +1,267 @@
+"""The CLI's argument groups and what turns parsed arguments into library calls' inputs.
+
+The "form settings" group is built from every registered form's ``Option``s (``registry_options``), so a new form
+needs no edit here; subcommands (``convslim.cli.COMMANDS``) pick the groups they need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from convslim.errors import UsageError
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "model", help="state_dict file (with --arch), torch.export .pt2, or pickled module (--trust-pickle)"
+    )
+    g.add_argument("--arch", help="module.path:factory (or file.py:factory) that builds the model")
+    g.add_argument("--arch-kwargs", help="JSON object of keyword arguments for the factory")
+    g.add_argument("--import-path", action="append", default=[], help="folder to add to the import path")
+    g.add_argument(
+        "--trust-pickle", action="store_true", help="allow loading a pickled module (runs its code)"
+    )
+    g.add_argument("--input-shape", required=True, help="e.g. 1,3,32,32; several inputs separated by ';'")
+    g.add_argument("--device", default="cpu", help="torch device for rewriting and fine-tuning")
+
+
+def registry_options() -> dict[str, list]:
+    """Every registered form's options grouped by name: {"rank": [(form, Option), ...], ...}."""
+    from convslim.convert import FORMS
+
+    grouped: dict[str, list] = {}
+    for form in FORMS.values():
+        for option in form.options:
+            grouped.setdefault(option.name, []).append((form, option))
+    return grouped
+
+
+def _option_help(owners: list) -> str:
+    parts: dict[str, list[str]] = {}  # help text -> "form default" notes, so shared texts appear once
+    for form, option in owners:
+        note = f"{form.name}: {option.default}" if option.default is not None else ""
+        parts.setdefault(option.help, []).extend([note] if note else [])
+    shown = []
+    for text, defaults in parts.items():
+        shown.append(f"{text} (default {', '.join(defaults)})" if defaults else text)
+    return "; ".join(shown)
+
+
+def add_form_args(p: argparse.ArgumentParser) -> None:
+    from convslim.convert import FORMS
+
+    g = p.add_argument_group("form settings (each applies to the forms its help names)")
+    names = ", ".join(FORMS)
+    g.add_argument(
+        "--to", default="dwsep", help=f"form: {names}; or auto / a,b with a budget (default dwsep)"
+    )
+    for name, owners in registry_options().items():
+        option = owners[0][1]
+        kwargs = {"dest": name, "default": None, "help": _option_help(owners)}
+        if option.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = option.type
+            choices = sorted({c for _, o in owners for c in o.choices})
+            if choices:
+                kwargs["choices"] = choices
+        g.add_argument(option.flag, **kwargs)
+    g.add_argument("--exclude", action="append", default=[], help="layer name (or prefix) to leave alone")
+
+
+def form_options(args: argparse.Namespace) -> dict:
+    """The form options the user gave (0 and False included: only an absent option is left out)."""
+    return {k: getattr(args, k) for k in registry_options() if getattr(args, k, None) is not None}
+
+
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and fine-tuning (fine-tunes when --data is given)")
+    g.add_argument("--data", help="training data: image folder (class sub-folders), .npz (x, y) or .pt")
+    g.add_argument("--val-data", help="validation data (same kinds): top-1, or agreement with the original")
+    g.add_argument("--resize", help="resize images to H,W (or one size for both)")
+    g.add_argument(
+        "--mean", help="per-channel mean subtracted after scaling to [0,1], e.g. 0.485,0.456,0.406"
+    )
+    g.add_argument(
+        "--std", help="per-channel std divided by after subtracting --mean, e.g. 0.229,0.224,0.225"
+    )
+    g.add_argument(
+        "--finetune-steps", type=int, help="optimiser steps (default 1000 without --finetune-minutes)"
+    )
+    g.add_argument("--finetune-minutes", type=float, help="wall-time budget for the whole fine-tune")
+    g.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine schedule")
+    g.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"), help="optimiser")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
+    g.add_argument("--temperature", type=float, default=4.0, help="distillation temperature T")
+    g.add_argument("--ce-weight", type=float, default=1.0, help="weight of cross-entropy when labels exist")
+    g.add_argument("--feature-weight", type=float, default=0.0, help="end-to-end feature matching weight")
+    g.add_argument("--calibration-samples", type=int, default=1024, help="samples for stage 1")
+    g.add_argument("--no-augment", action="store_true", help="no random crop + flip on image batches")
+    g.add_argument("--seed", type=int, default=0, help="seed for data order and augmentation (default 0)")
+
+
+def data_sets(args: argparse.Namespace, model, inputs) -> dict:
+    """The data flags given (--data, --val-data, --calib-data), loaded and checked against the model's inputs
+    and classes (``convslim.data.load_for_model``)."""
+    from convslim.data import load_for_model, output_classes, parse_floats, parse_size
+
+    calib = getattr(args, "calib_data", None)
+    if args.val_data and not (args.data or calib):
+        raise UsageError("--val-data needs --data (the training data) or --calib-data as well")
+    flags = (("--data", args.data), ("--val-data", args.val_data), ("--calib-data", calib))
+    if not any(path for _, path in flags):
+        return {}
+    loading = {
+        "resize": parse_size(args.resize),
+        "mean": parse_floats(args.mean, "--mean"),
+        "std": parse_floats(args.std, "--std"),
+    }
+    classes = output_classes(model, inputs)
+    sets = {flag: load_for_model(path, inputs, classes, name=flag, **loading) for flag, path in flags if path}
+    for flag, data in sets.items():
+        if data.skipped:
+            print(f"convslim: {flag}: skipped {data.skipped} unreadable image(s)", file=sys.stderr)
+    return sets
+
+
+def finetune_inputs(args: argparse.Namespace, model, inputs, sets: dict):
+    """(hook, calibration batch) from the loaded data, or (None, None) without --data."""
+    from convslim.finetune import check_finetunable, finetune
+
+    if "--data" not in sets:
+        return None, None
+    check_finetunable(model, inputs)
+    hook = finetune(
+        sets["--data"],
+        sets.get("--val-data"),
+        steps=args.finetune_steps,
+        minutes=args.finetune_minutes,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        temperature=args.temperature,
+        ce_weight=args.ce_weight,
+        feature_weight=args.feature_weight,
+        calibration_samples=args.calibration_samples,
+        augment=not args.no_augment,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    return hook, sets["--data"].x[:256].to(args.device)
+
+
+def add_runtime_args(p: argparse.ArgumentParser, deploy: bool = True) -> None:
+    """The runtime target's choices come from its registry: a new target needs no CLI edit."""
+    from convslim.runtime.targets import get_target, target_names
+
+    g = p.add_argument_group("runtime target and export")
+    described = "; ".join(f"{n}: {get_target(n).description}" for n in target_names())
+    g.add_argument(
+        "--runtime", choices=target_names(), help=f"where the model runs (default cpu). {described}"
+    )
+    g.add_argument("--int8", action="store_true", help="same as --runtime cpu-int8")
+    if not deploy:
+        return
+    g.add_argument("--calib-data", help="int8 calibration images (default: --data); same kinds as --data")
+    g.add_argument(
+        "--int8-exclude",
+        action="append",
+        default=[],
+        help="node name, op type (Conv, Gemm) or kind ('depthwise conv', 'linear', ...) to keep in fp32",
+    )
+    g.add_argument(
+        "--opset", type=int, help="ONNX opset of model.onnx and original.onnx (default: exporter's)"
+    )
+    g.add_argument(
+        "--static-shape",
+        action="store_true",
+        help="fixed batch and image size (from --input-shape) in the ONNX",
+    )
+
+
+def runtime_name(args: argparse.Namespace) -> str:
+    if args.int8 and args.runtime not in (None, "cpu-int8"):
+        raise UsageError(
+            f"--int8 means --runtime cpu-int8; it cannot be combined with --runtime {args.runtime}"
+        )
+    return "cpu-int8" if args.int8 else (args.runtime or "cpu")
+
+
+def deploy_settings(args: argparse.Namespace, sets: dict):
+    """DeploySettings from the runtime flags; int8 calibrates on --calib-data, else --data (first 512 images),
+    and checks accuracy on --val-data, else on images of the calibration source held back from calibration."""
+    from convslim.runtime.deploy import DeploySettings
+    from convslim.runtime.export import ExportSettings
+    from convslim.runtime.int8 import Calibration, Int8Settings
+
+    source = sets.get("--calib-data") or sets.get("--data")
+    calibration = None
+    if source is not None:
+        calibration = Calibration.split(source, 512, sets.get("--val-data"))
+        if source is sets.get("--data") and "--val-data" not in sets:
+            calibration.held_source += "; fine-tuning trains on --data too"
+    return DeploySettings(
+        runtime=runtime_name(args),
+        export=ExportSettings(opset=args.opset, static_shape=args.static_shape),
+        int8=Int8Settings(exclude=tuple(args.int8_exclude)),
+        calibration=calibration,
+    )
+
+
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("budget (per-layer planning on measured ORT latency; use --to auto or --to a,b)")
+    g.add_argument(
+        "--target-speedup", type=float, help="predicted whole-model ORT speedup to reach, e.g. 2.5"
+    )
+    g.add_argument("--target-macs", type=float, help="fraction of the original conv MACs to keep, e.g. 0.4")
+    g.add_argument("--max-error", type=float, help="largest predicted relative output error, e.g. 0.1")
+    g.add_argument("--plan-batch", type=int, default=32, help="batch size layers are timed at")
+
+
+def budget_options(args: argparse.Namespace) -> dict:
+    keys = ("target_speedup", "target_macs", "max_error")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def no_ignored_form_options(args: argparse.Namespace) -> None:
+    """Form options mean nothing when a plan file or the budgeted planner sets every layer: refuse, not ignore."""
+    from convslim.api import wants_budgeted
+
+    given = form_options(args)
+    if not given:
+        return
+    flags = ", ".join("--" + k.replace("_", "-") for k in given)
+    if getattr(args, "plan", None):
+        raise UsageError(f"{flags}: --plan already fixes every layer's setting; drop {flags} or --plan")
+    if wants_budgeted(args.to, budget_options(args)):
+        raise UsageError(
+            f"{flags}: with a budget or --to auto / a,b the planner chooses each layer's setting; drop {flags}"
+        )
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise UsageError(f"--batch-sizes {text!r}: expected integers like 1,32") from None
+    if not sizes or min(sizes) < 1:
+        raise UsageError(f"--batch-sizes {text!r}: expected positive integers like 1,32")
+    return sizes
+
+
+def load_model_and_inputs(args: argparse.Namespace):
+    from convslim.loading import load_model, parse_input_shapes
+
+    shapes = parse_input_shapes(args.input_shape)
+    model = load_model(
+        args.model, args.arch, args.arch_kwargs, tuple(args.import_path), args.trust_pickle, args.device
+    )
+    inputs = tuple(torch.randn(s, device=args.device) for s in shapes)
+    return model, inputs

@@ -1,0 +1,76 @@
+"""Small models for CLI tests, loaded by path (``--arch tests/cli_models.py:small``): one healthy model and the
+ones a user gets wrong (a factory that raises, dict / tuple outputs, a branch on tensor data)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Small(nn.Module):
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class DictOut(Small):
+    def forward(self, x):
+        y = super().forward(x)
+        return {"logits": y, "features": y * 2}
+
+
+class TupleOut(Small):
+    def forward(self, x):
+        y = super().forward(x)
+        return y, torch.sigmoid(y)
+
+
+class Branchy(Small):
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        if y.sum() > 0:  # a branch on tensor data: torch.export cannot follow it
+            y = self.conv2(y)
+        return self.fc(y.mean((2, 3)))
+
+
+class Nested(nn.Module):
+    """Convs under a dotted prefix (``block.0``, ``block.1``) and one whose name only starts alike."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.block_extra = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.block_extra(self.block(torch.relu(self.stem(x)))).mean((2, 3))
+
+
+def small(width: int = 8) -> Small:
+    return Small(width)
+
+
+def broken() -> Small:
+    raise ValueError("checkpoint server unreachable")
+
+
+def dict_out() -> DictOut:
+    return DictOut()
+
+
+def tuple_out() -> TupleOut:
+    return TupleOut()
+
+
+def branchy() -> Branchy:
+    return Branchy()
+
+
+def nested() -> Nested:
+    return Nested()
