@@ -5,7 +5,16 @@
 >>> result.model, result.report
 """
 
-from convslim.api import CompressionResult, Prepared, apply, compress, load_compressed, plan, prepare
+from convslim.api import (
+    CompressionResult,
+    Prepared,
+    apply,
+    compress,
+    finetune_output,
+    load_compressed,
+    plan,
+    prepare,
+)
 from convslim.convert import FORMS, get_form, register_form
 from convslim.errors import ConvslimError, ModelLoadError, PlanError, UsageError
 from convslim.plan import Plan
@@ -22,6 +31,7 @@ __all__ = [
     "UsageError",
     "apply",
     "compress",
+    "finetune_output",
     "get_form",
     "load_compressed",
     "plan",

@@ -124,6 +124,14 @@ def wants_budgeted(to: str, budget: dict) -> bool:
     return any(v is not None for v in budget.values()) or to == "auto" or "," in to
 
 
+def _plan_on_rank0(prepared: Prepared, **options) -> Plan:
+    """The budgeted plan, measured once (on rank 0 under torchrun: timings differ per process) and shared."""
+    from convslim.finetune import distributed
+
+    text = plan_budgeted(prepared, **options).to_json() if distributed.is_main() else None
+    return Plan.from_json(distributed.broadcast_object(text), "the plan rank 0 made")
+
+
 def _uniform_plan(prepared: Prepared, to: str, exclude: Sequence[str], options: dict) -> Plan:
     get_form(to)
     return make_plan(prepared.sites, to, options, prepared.traced.unconvertible, tuple(exclude))
@@ -188,13 +196,14 @@ def compress(
     ``deploy`` (``runtime.deploy.DeploySettings``) names the runtime target (``cpu-int8`` quantizes both models
     with its calibration images and plans in int8), the export's opset and static shape, and the images accuracy
     is checked on; the report then compares original and compressed in fp32 and int8.
-    ``record`` adds facts to the report's ``run`` section (the CLI puts its command line there).
+    Under torchrun every rank calls it (the fine-tune is shared); only rank 0 plans on timings, exports,
+    verifies and writes. ``record`` adds facts to the report's ``run`` section (the CLI puts its command line there).
 
     Checked before any work: ``out_dir`` (writable; empty unless ``overwrite``), the weights (finite), the runtime
     target, and that the model can be exported at all; a plan that rewrites nothing is refused (``UsageError``).
     """
     from convslim.outputs import check_output_dir
-    from convslim.pipeline import VerifySettings, export_and_verify, weight_errors
+    from convslim.pipeline import VerifySettings, weight_errors
     from convslim.runtime.export import export_program
 
     deploy = deploy or DeploySettings()
@@ -208,7 +217,7 @@ def compress(
         export_program(prepared.traced.module, prepared.example_inputs)
     budget = {"target_speedup": target_speedup, "target_macs": target_macs, "max_error": max_error}
     if plan is None and wants_budgeted(to, budget):
-        plan = plan_budgeted(
+        plan = _plan_on_rank0(
             prepared,
             to=to,
             calibration=calibration,
@@ -239,24 +248,77 @@ def compress(
         prepared.example_inputs, record, {**settings, **{k: v for k, v in budget.items() if v is not None}}
     )
     timings["rewrite"] = time.perf_counter() - start
+    verify_settings = VerifySettings(
+        out_dir, overwrite, batch_sizes if measure_speed else (), tolerance, calibration, progress, deploy
+    )
+    return _tune_and_export(prepared, plan, compressed, report, timings, finetune, verify, verify_settings)
+
+
+def _tune_and_export(prepared, plan, compressed, report, timings, finetune, verify, settings):
+    """Fine-tune (``finetune`` hook, when given), then export and verify: only rank 0 under torchrun."""
+    from convslim.finetune import distributed
+    from convslim.pipeline import export_and_verify
+
     if finetune is not None:
         t0 = time.perf_counter()
         compressed, report.finetune = finetune(prepared, compressed, plan)
         timings["finetune"] = time.perf_counter() - t0
     report.timings_s = timings
-    if verify or out_dir is not None:
+    if (verify or settings.out_dir is not None) and distributed.is_main():
         with tempfile.TemporaryDirectory(prefix="convslim-") as scratch:
-            settings = VerifySettings(
-                out_dir,
-                overwrite,
-                batch_sizes if measure_speed else (),
-                tolerance,
-                calibration,
-                progress,
-                deploy,
-            )
             export_and_verify(prepared, compressed, plan, report, Path(scratch), settings)
     return CompressionResult(compressed, report, plan, prepared)
+
+
+def finetune_output(
+    source: str | Path,
+    model: nn.Module,
+    example_inputs,
+    finetune: Callable,
+    *,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    verify: bool = True,
+    measure_speed: bool = True,
+    batch_sizes: Sequence[int] = (1, 32),
+    tolerance: float = DEFAULT_RTOL,
+    calibration: torch.Tensor | None = None,
+    progress: bool = False,
+    deploy: DeploySettings | None = None,
+) -> CompressionResult:
+    """Fine-tune the output folder of an earlier ``compress`` (``plan.json`` + ``compressed_state_dict.pt``, no
+    pickled code) and export and verify it like ``compress``, into ``out_dir``.
+
+    ``model`` is a fresh instance of the original architecture with its trained weights (the teacher); the
+    hook comes from ``convslim.finetune.finetune(data, val_data, ...)``. With the same plan and seed this gives
+    what ``compress(..., finetune=hook)`` gives in one call. Under torchrun every rank calls it; rank 0 writes.
+
+    Example:
+        >>> hook = finetune(train, val, minutes=8)
+        >>> result = finetune_output("out", model, torch.randn(1, 3, 32, 32), hook, out_dir="out-ft")
+    """
+    from convslim.outputs import check_output_dir
+    from convslim.pipeline import VerifySettings, weight_errors
+
+    deploy = deploy or DeploySettings()
+    deploy.target()  # fail now, not after fine-tuning
+    if out_dir is not None:
+        check_output_dir(out_dir, inputs=[source], overwrite=overwrite)
+    start = time.perf_counter()
+    prepared = prepare(model, example_inputs, calibration)
+    saved_plan, compressed = _load_output(prepared, source)
+    report = Report.from_plan(saved_plan, prepared.traced.mode, weight_errors(prepared, saved_plan))
+    report.batchnorm_folded = prepared.batchnorm_folded
+    report.planning = saved_plan.planning
+    report.notes.extend(list(prepared.traced.notes) + [f"fine-tuned from the compress output {source}"])
+    run = {"finetuned_from": str(source), "tolerance": tolerance, "batch_sizes": list(batch_sizes)}
+    run.update(measure_speed=measure_speed, verify=verify, finetune=True)
+    report.run = run_record(prepared.example_inputs, None, run)
+    timings = {"rewrite": time.perf_counter() - start}
+    settings = VerifySettings(
+        out_dir, overwrite, batch_sizes if measure_speed else (), tolerance, calibration, progress, deploy
+    )
+    return _tune_and_export(prepared, saved_plan, compressed, report, timings, finetune, verify, settings)
 
 
 def nothing_rewritten(plan: Plan) -> str:
@@ -290,9 +352,23 @@ def load_compressed(model: nn.Module, example_inputs, out_dir: str | Path) -> nn
 
     ``model`` is a fresh instance of the original architecture (its weights are replaced by the saved ones).
     """
+    return _load_output(prepare(model, example_inputs), out_dir)[1]
+
+
+def _load_output(prepared: Prepared, out_dir: str | Path) -> tuple[Plan, nn.Module]:
+    """The plan and compressed model saved in ``out_dir`` (weights loaded without unpickling code)."""
     out_dir = Path(out_dir)
+    for name in ("plan.json", "compressed_state_dict.pt"):
+        if not (out_dir / name).is_file():
+            raise UsageError(f"{out_dir}: no {name}; give a folder written by convslim compress")
     saved_plan = Plan.from_json((out_dir / "plan.json").read_text(), str(out_dir / "plan.json"))
-    compressed = apply(model, saved_plan, example_inputs)
+    compressed = apply(prepared, saved_plan)
     state = torch.load(out_dir / "compressed_state_dict.pt", map_location="cpu", weights_only=True)
-    compressed.load_state_dict(state)
-    return compressed.eval()
+    try:
+        compressed.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UsageError(
+            f"{out_dir}/compressed_state_dict.pt does not fit the model its plan builds "
+            f"({str(exc).splitlines()[0]}); give the architecture and weights that folder was compressed from"
+        ) from None
+    return saved_plan, compressed.eval()

@@ -1,4 +1,5 @@
-"""Command line: ``convslim compress``, ``plan`` and ``inspect``. Thin: parse, then one call into the library.
+"""Command line: ``convslim compress``, ``finetune``, ``plan`` and ``inspect``. Thin: parse, then one call into the
+library. ``compress`` and ``finetune`` join the torchrun process group when torchrun launched them.
 
 Each subcommand is one entry in ``COMMANDS`` (a function that adds its arguments, a function that runs it), so a
 new subcommand is one new entry. The "form settings" group is built from the registered forms' ``Option``s, so
@@ -34,6 +35,7 @@ from convslim.cli_args import (
     runtime_name,
 )
 from convslim.errors import ConvslimError, UsageError
+from convslim.finetune import distributed
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 128 + signal.SIGINT
 
@@ -126,9 +128,69 @@ def _compress(args: argparse.Namespace) -> int:
         **budget_options(args),
         **form_options(args),
     )
+    return _finish(result, args)
+
+
+def _finish(result, args: argparse.Namespace) -> int:
+    if not distributed.is_main():  # under torchrun rank 0 speaks (and writes) for all ranks
+        return EXIT_OK
     print(result.report.summary())
     print(f"  outputs: {args.out}/ ({', '.join(Path(p).name for p in result.report.outputs.values())})")
     return _compress_exit(result.report)
+
+
+# --- finetune -------------------------------------------------------------------------------------------------
+FINETUNE_EXAMPLE = """example:
+  convslim finetune out/ resnet20.th --arch convslim.models:resnet20 --input-shape 1,3,32,32 \\
+      --data train.npz --finetune-minutes 8 --out out-finetuned/
+  torchrun --nproc_per_node 2 -m convslim finetune out/ resnet20.th ... --out out-finetuned/"""
+
+
+def _finetune_args(f: argparse.ArgumentParser) -> None:
+    f.add_argument(
+        "source", metavar="OUT_DIR", help="folder written by convslim compress (plan.json + weights)"
+    )
+    add_model_args(f)
+    f.add_argument(
+        "--out", required=True, help="output folder (created; must not hold files unless --overwrite)"
+    )
+    f.add_argument("--overwrite", action="store_true", help="replace the output folder")
+    f.add_argument("--tolerance", type=float, default=1e-4, help="ONNX parity: max abs err / output scale")
+    f.add_argument("--batch-sizes", default="1,32", help="batch sizes to time")
+    f.add_argument("--no-speed", action="store_true", help="skip latency measurement")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_finetune_args(f)
+    add_runtime_args(f)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from convslim.api import finetune_output
+    from convslim.outputs import CLI_WORDS, check_output_dir
+
+    if not args.data:
+        raise UsageError("finetune needs --data (the training data)")
+    if not Path(args.source).is_dir():
+        raise UsageError(f"{args.source}: no such folder; give the --out folder of convslim compress")
+    check_output_dir(args.out, inputs=[args.model, args.source], overwrite=args.overwrite, words=CLI_WORDS)
+    batch_sizes = parse_batch_sizes(args.batch_sizes)
+    model, inputs = load_model_and_inputs(args)
+    sets = data_sets(args, model, inputs)
+    hook, calibration = finetune_inputs(args, model, inputs, sets)
+    result = finetune_output(
+        args.source,
+        model,
+        inputs,
+        hook,
+        out_dir=args.out,
+        overwrite=args.overwrite,
+        measure_speed=not args.no_speed,
+        batch_sizes=batch_sizes,
+        tolerance=args.tolerance,
+        calibration=calibration,
+        progress=not args.quiet,
+        deploy=deploy_settings(args, sets),
+    )
+    return _finish(result, args)
 
 
 def _run_record(args: argparse.Namespace) -> dict:
@@ -260,6 +322,12 @@ COMMANDS = {
         _compress,
         COMPRESS_EXAMPLE,
     ),
+    "finetune": (
+        "fine-tune a compress output folder, then export, verify and report it into a new folder",
+        _finetune_args,
+        _finetune,
+        FINETUNE_EXAMPLE,
+    ),
     "plan": (
         "choose per layer (form, setting) and write plan.json without rewriting",
         _plan_args,
@@ -297,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("compress", "finetune"):  # under torchrun: join the other ranks
+            args.device = distributed.init_from_env(args.device)
         return COMMANDS[args.command][2](args)
     except ConvslimError as exc:
         if args.debug:
@@ -308,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("convslim: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from convslim.data import ArrayData
 from convslim.errors import UsageError
+from convslim.finetune import distributed
 from convslim.finetune.affine import unwrap_all, wrap_all
 from convslim.finetune.distill import feature_phase, kd_phase
 from convslim.finetune.feed import as_source, augment, endless, evaluate, take
@@ -138,8 +140,8 @@ def from_files(
 
 def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
     start = time.perf_counter()
-    torch.manual_seed(s.seed)
-    gen = torch.Generator().manual_seed(s.seed)
+    torch.manual_seed(s.seed + distributed.rank())
+    gen = torch.Generator().manual_seed(s.seed)  # the same on every rank: one global batch order
     device = torch.device(s.device) if s.device else next(compressed.parameters()).device
     home = next(compressed.parameters()).device
     teacher = copy.deepcopy(prepared.traced.module).to(device).eval()
@@ -152,7 +154,7 @@ def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
     calib = [(_layout(x, s), y) for x, y in take(train, s.calibration_samples, 128, gen)]
     score = _scorer(teacher, val, device)
     accuracy = {"metric": _metric_name(val), "original": score(teacher), "compressed": score(student)}
-    report = {"settings": _settings(s), "interrupted": False}
+    report = {"settings": _settings(s), "interrupted": False, "ranks": distributed.world()}
     with interruptible() as stop:
         budget = Budget(None, s.minutes * 60 if s.minutes else None)
         rows, heads = reconstruct(teacher, student, names, calib, device, s.progress, stop)
@@ -184,6 +186,7 @@ def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
 
 def _stage2(teacher, student, names, heads, train, calib, s, budget, stop, gen, device, score, report):
     steps = s.steps if s.steps or s.minutes else DEFAULT_STEPS
+    distributed.agree(stop, budget)  # split the time left on rank 0's clock
     left = (budget.seconds - budget.elapsed()) if budget.seconds else None
     report["_wrapped"] = wrap_all(student, heads, calib, device) if s.train_bn else []
     batches = _batches(train, s, gen, device)
@@ -192,6 +195,7 @@ def _stage2(teacher, student, names, heads, train, calib, s, budget, stop, gen, 
     report["stage2_blocks"] = (
         feature_phase(teacher, student, names, batches, s, phase_a, stop, s.progress) if frac > 0 else {}
     )
+    distributed.agree(stop, budget)
     left = (budget.seconds - budget.elapsed()) if budget.seconds else None
     phase_b = Budget(steps - phase_a.done if steps else None, max(left, 1.0) if left else None)
     summary, best = kd_phase(teacher, student, names, batches, s, phase_b, stop, score, s.progress)
@@ -201,8 +205,16 @@ def _stage2(teacher, student, names, heads, train, calib, s, budget, stop, gen, 
 
 
 def _batches(train, s, gen, device):
+    """Endless training batches: under torchrun ``gen`` orders the global batches alike on every rank, each
+    rank keeps its slice and augments it with its own generator."""
+    own = torch.Generator().manual_seed(s.seed * 1000 + 1 + distributed.rank())
     for x, y in endless(train, s.batch_size, gen):
-        x = augment(x, gen) if s.augment else x
+        if len(x) < distributed.world():  # a last batch too small to give every rank a sample
+            if isinstance(train, ArrayData) and len(train) < distributed.world():
+                raise UsageError(f"fine-tuning data has fewer samples than the {distributed.world()} ranks")
+            continue
+        x, y = distributed.shard(x, y)
+        x = augment(x, own) if s.augment else x
         yield _layout(x.to(device), s), (None if y is None else y.to(device))
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from convslim.core import set_submodule
+from convslim.finetune import distributed
 
 
 def _is_plain_1x1(m: nn.Module) -> bool:
@@ -109,6 +110,9 @@ class TrainNorm(nn.Module):
     @torch.no_grad()
     def set_identity_from_moments(self) -> None:
         n, s1, s2 = self._moments
+        if distributed.active():  # every rank starts from the identity of the global calibration batch
+            n = int(distributed.sum_floats(float(n))[0])
+            s1, s2 = (distributed.all_sum(torch.as_tensor(t, dtype=torch.float64)) for t in (s1, s2))
         if not n:
             return
         mean = s1 / n
@@ -146,7 +150,8 @@ def can_fold(heads: list[nn.Conv2d] | None) -> bool:
 def wrap_all(
     model: nn.Module, heads_by_name: dict[str, list[nn.Conv2d] | None], batches, device
 ) -> list[str]:
-    """Wrap every layer whose heads can take a folded BN; set each BN to the identity from ``batches``."""
+    """Wrap every layer whose heads can take a folded BN; set each BN to the identity from ``batches`` (global:
+    under torchrun each rank records its slice and the moments are summed)."""
     wrapped = []
     for name, heads in heads_by_name.items():
         if can_fold(heads):
@@ -161,7 +166,7 @@ def wrap_all(
     model.eval()
     with torch.no_grad():
         for x, _ in batches:
-            model(x.to(device))
+            model(distributed.shard(x)[0].to(device))
     for w in wrappers:
         w.recording = False
         w.set_identity_from_moments()

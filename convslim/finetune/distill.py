@@ -12,7 +12,8 @@ Phase B, end-to-end knowledge distillation (Hinton et al. 2015):
 
 (N×K outputs; other outputs use the relative MSE in place of KL/CE). Both phases use AdamW or SGD (momentum
 0.9) with a cosine learning-rate schedule over their step/time budget; Phase B validates at intervals and keeps
-the best weights.
+the best weights. Under torchrun both train in DistributedDataParallel with synchronised BatchNorms
+(``distributed``); ranks agree every step on stopping and on the clock.
 
 Example:
     >>> feature_phase(teacher, student, names, batches, settings, budget, stop)
@@ -29,6 +30,8 @@ import time
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from convslim.finetune import distributed
 
 
 def blocks_of(names: list[str]) -> list[list[str]]:
@@ -193,35 +196,44 @@ def _train(
     history, best, best_state = [], None, None
     next_eval = 1.0 / max(settings.evals, 1)
     seen, t0, losses = 0, time.perf_counter(), []
-    bar = tqdm(desc=desc, total=budget.steps, disable=not progress, leave=False)
-    while budget.left() and not stop.requested:
-        x, y = next(batches)
-        with torch.no_grad():
-            t_logits = teacher(x)
-        student.train()
-        s_logits = student(x)
-        loss = loss_fn(s_logits, t_logits, y) if end_to_end else loss_fn(x, y)
-        _set_lr(optimizer, settings.lr, budget.progress())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        budget.done += 1
-        seen += len(x)
-        losses.append(float(loss.detach()))
-        postfix = {"loss": f"{losses[-1]:.4f}", "img/s": f"{seen / (time.perf_counter() - t0):.0f}"}
-        if validate is not None and (budget.progress() >= next_eval or not budget.left()):
-            next_eval += 1.0 / max(settings.evals, 1)
-            score = validate(student)
-            if score is None:  # no validation data: nothing to keep best by
-                validate = None
-            else:
-                history.append({"step": budget.done, "score": score, "loss": losses[-1]})
-                if best is None or score > best:
-                    best, best_state = score, copy.deepcopy(student.state_dict())
-                postfix["val"] = f"{score:.4f}"
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(1)
+    bar = tqdm(desc=desc, total=budget.steps, disable=not (progress and distributed.is_main()), leave=False)
+    with _data_parallel(student, params) as forward:
+        while True:
+            distributed.agree(stop, budget)  # all ranks stop together, on rank 0's clock
+            if not budget.left() or stop.requested:
+                break
+            x, y = next(batches)
+            with torch.no_grad():
+                t_logits = teacher(x)
+            student.train()
+            s_logits = forward(x)
+            loss = loss_fn(s_logits, t_logits, y) if end_to_end else loss_fn(x, y)
+            if forward is not student:  # every trainable parameter gets a gradient (DDP waits for each)
+                loss = loss + 0.0 * sum(p.sum() for p in params)
+            _set_lr(optimizer, settings.lr, budget.progress())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            budget.done += 1
+            seen += len(x) * distributed.world()
+            losses.append(float(loss.detach()))
+            postfix = {"loss": f"{losses[-1]:.4f}", "img/s": f"{seen / (time.perf_counter() - t0):.0f}"}
+            if validate is not None and (budget.progress() >= next_eval or not budget.left()):
+                next_eval += 1.0 / max(settings.evals, 1)
+                score = validate(student)
+                if score is None:  # no validation data: nothing to keep best by
+                    validate = None
+                else:
+                    history.append({"step": budget.done, "score": score, "loss": losses[-1]})
+                    if best is None or score > best:
+                        best, best_state = score, copy.deepcopy(student.state_dict())
+                    postfix["val"] = f"{score:.4f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
     bar.close()
+    if distributed.active():  # each rank saw its slice: report the mean loss over ranks
+        total = distributed.all_sum(torch.tensor(losses, dtype=torch.float64))
+        losses = (total / distributed.world()).tolist()
     elapsed = time.perf_counter() - t0
     summary = {
         "steps": budget.done,
@@ -233,6 +245,26 @@ def _train(
         "best_score": best,
     }
     return (summary, best_state) if end_to_end else summary
+
+
+@contextlib.contextmanager
+def _data_parallel(student, params):
+    """Under torchrun: ``student`` in DistributedDataParallel over ``params`` only (the rest frozen meanwhile),
+    with synchronised BatchNorms; alone: ``student`` itself. Hooks and state stay on ``student``."""
+    if not distributed.active():
+        yield student
+        return
+    chosen = {id(p) for p in params}
+    frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in chosen]
+    for p in frozen:
+        p.requires_grad_(False)
+    swapped = distributed.sync_batchnorms(student)
+    try:
+        yield distributed.data_parallel(student, next(iter(params)).device)
+    finally:
+        distributed.plain_batchnorms(swapped)
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def _mean(values):

@@ -7,7 +7,8 @@ Augmentation (``crop-flip``, for image batches N×C×H×W with H, W ≥ 16): zer
 offset per sample, and flip left-right with probability ½ (the CIFAR recipe; matters with ~10k images).
 
 Metric: top-1 accuracy against labels when the data has them and the output is N×K logits, else agreement with
-the teacher (top-1 agreement for N×K outputs, 1 − relative L2 error otherwise).
+the teacher (top-1 agreement for N×K outputs, 1 − relative L2 error otherwise). Under torchrun each rank scores
+its slice of every batch and the counts are summed, so every rank gets the same score.
 
 Example:
     >>> batches = endless(as_source(data), 128, torch.Generator().manual_seed(0))
@@ -24,6 +25,7 @@ from torch import nn
 
 from convslim.data import ArrayData
 from convslim.errors import UsageError
+from convslim.finetune import distributed
 
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
@@ -106,6 +108,9 @@ def evaluate(model: nn.Module, teacher: nn.Module | None, source, device, batch_
     model.eval()
     hits, total, err, ref = 0.0, 0, 0.0, 0.0
     for x, y in epoch(source, batch_size, None, shuffle=False):
+        x, y = distributed.shard(x, y)
+        if not len(x):
+            continue
         x = x.to(device)
         out = model(x)
         if y is not None and out.dim() == 2:
@@ -118,6 +123,7 @@ def evaluate(model: nn.Module, teacher: nn.Module | None, source, device, batch_
                 err += float((out - want).pow(2).sum())
                 ref += float(want.pow(2).sum())
         total += len(x)
+    hits, total, err, ref = distributed.sum_floats(hits, total, err, ref)
     if ref > 0:
         return 1.0 - (err / ref) ** 0.5
     return hits / max(total, 1)

@@ -12,6 +12,9 @@ heads solve the ridge least squares  min_W ‖F W − Y‖² + λ‖W‖²  over
 dwsep given its depthwise part. Otherwise, a few Adam steps on the relative MSE. A fit that does not lower the
 error is undone. Each layer's relative error ‖R_l(X_S) − Y‖/‖Y‖ is reported before and after.
 
+Under torchrun each rank takes its slice of every calibration batch; FᵀF, FᵀY, the error sums and the gradient
+steps' gradients are summed over ranks, so every rank gets the result one process gets on all the batches.
+
 Example:
     >>> rows, heads = reconstruct(teacher, student, ["layer1.0.conv1", ...], batches, "cpu")
 """
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from convslim.finetune import distributed
 from convslim.finetune.affine import linear_heads, output_conv
 
 GRADIENT_STEPS = 60
@@ -56,17 +60,23 @@ def capture_input(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
 
 def reconstruct(teacher, student, names, batches, device, progress=False, stop=None):
     """Refit every layer in ``names`` in order (see module docstring); returns (report rows, convs by name that
-    a BatchNorm after the layer could fold into: its linear heads, else ``affine.output_conv``)."""
+    a BatchNorm after the layer could fold into: its linear heads, else ``affine.output_conv``). ``batches``
+    are global: under torchrun each rank uses its slice."""
     teacher.eval()
     student.eval()
     rows, heads_by_name = [], {}
-    for name in tqdm(names, desc="stage 1: reconstruct", disable=not progress, leave=False):
-        if stop is not None and stop.requested:
-            break
+    show = progress and distributed.is_main()
+    for name in tqdm(names, desc="stage 1: reconstruct", disable=not show, leave=False):
+        if stop is not None:
+            distributed.agree(stop)
+            if stop.requested:
+                break
         pairs = _layer_pairs(teacher, student, name, batches, device)
         module = student.get_submodule(name)
-        heads = linear_heads(module, pairs[0][0][:4])
-        heads_by_name[name] = heads or output_conv(module, pairs[0][0][:4])
+        # the same probe on every rank, so every rank finds the same heads
+        probe = capture_input(student, name, batches[0][0][:4].to(device))
+        heads = linear_heads(module, probe)
+        heads_by_name[name] = heads or output_conv(module, probe)
         before = relative_error(module, pairs)
         saved = copy.deepcopy(module.state_dict())
         method = "least-squares" if heads else "gradient"
@@ -87,7 +97,7 @@ def _layer_pairs(teacher, student, name, batches, device):
     pairs = []
     with torch.no_grad():
         for x, _ in batches:
-            x = x.to(device)
+            x = distributed.shard(x)[0].to(device)
             x_t = capture_input(teacher, name, x)
             pairs.append((capture_input(student, name, x), target_conv(x_t)))
     return pairs
@@ -97,6 +107,7 @@ def _layer_pairs(teacher, student, name, batches, device):
 def relative_error(module: nn.Module, pairs) -> float:
     err = sum(float((module(x) - y).pow(2).sum()) for x, y in pairs)
     ref = sum(float(y.pow(2).sum()) for _, y in pairs)
+    err, ref = distributed.sum_floats(err, ref)
     return (err / max(ref, 1e-30)) ** 0.5
 
 
@@ -113,6 +124,7 @@ def fit_heads(module: nn.Module, heads: list[nn.Conv2d], pairs, ridge: float = 1
         t = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]).double()
         gram = f.T @ f if gram is None else gram + f.T @ f
         cross = f.T @ t if cross is None else cross + f.T @ t
+    gram, cross = distributed.all_sum(gram), distributed.all_sum(cross)
     lam = ridge * float(gram.diagonal().mean()) + 1e-12
     solution = torch.linalg.solve(
         gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), cross
@@ -140,24 +152,30 @@ def _head_inputs(module, heads, x) -> list[torch.Tensor]:
 
 
 def fit_gradient(module: nn.Module, pairs, steps: int = GRADIENT_STEPS, lr: float = 1e-3) -> None:
-    """A few Adam steps on Σ‖R(X_S) − Y‖² / Σ‖Y‖², cycling over the calibration batches."""
+    """A few Adam steps on Σ‖R(X_S) − Y‖² / Σ‖Y‖², cycling over the calibration batches. Under torchrun the
+    sums run over every rank's slice of the batch: each rank's share of the loss is divided by the global
+    Σ‖Y‖² and the gradients are summed, so all ranks take the single-process step."""
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         return
+    refs = distributed.all_sum(torch.tensor([float(y.pow(2).sum()) for _, y in pairs], dtype=torch.float64))
     optimizer = torch.optim.Adam(params, lr=lr)
     module.train()
     for step in range(steps):
         x, y = pairs[step % len(pairs)]
-        loss = (module(x) - y).pow(2).mean() / y.pow(2).mean().clamp_min(1e-12)
+        loss = (module(x) - y).pow(2).sum() / max(float(refs[step % len(pairs)]), 1e-30)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.sum_grads(params)
         optimizer.step()
     module.eval()
 
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches, device) -> int:
-    """Re-estimate running statistics of BatchNorms still in ``model`` (cumulative average); returns how many."""
+    """Re-estimate running statistics of BatchNorms still in ``model`` (cumulative average); returns how many.
+    Under torchrun each rank runs its slice of each batch and BatchNorm2d statistics are summed over ranks;
+    other BatchNorms average their per-rank estimates."""
     norms = [
         m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
     ]
@@ -169,9 +187,14 @@ def recalibrate_batchnorm(model: nn.Module, batches, device) -> int:
         m.reset_running_stats()
         m.momentum = None
         m.train()
+    swapped = distributed.sync_batchnorms(model)
     for x, _ in batches:
-        model(x.to(device))
+        model(distributed.shard(x)[0].to(device))
+    distributed.plain_batchnorms(swapped)
     for m, (momentum, training) in zip(norms, saved, strict=True):
+        if m not in swapped and distributed.active():
+            for buf in (m.running_mean, m.running_var):
+                buf.copy_(distributed.all_sum(buf) / distributed.world())
         m.momentum = momentum
         m.train(training)
     model.eval()

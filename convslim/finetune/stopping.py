@@ -63,9 +63,13 @@ class Budget:
     seconds: float | None
     start: float = field(default_factory=time.perf_counter)
     done: int = 0
+    shared_elapsed: float | None = None  # under torchrun: rank 0's clock (``distributed.agree``)
+
+    def own_elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return self.own_elapsed() if self.shared_elapsed is None else self.shared_elapsed
 
     def progress(self) -> float:
         fractions = [0.0]

@@ -1,0 +1,52 @@
+"""``finetune_output`` / ``convslim finetune``: fine-tuning as its own step on a compress output folder."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from convslim import compress, finetune_output, load_compressed
+from convslim.cli import main
+from convslim.finetune import finetune
+
+EXAMPLE = (torch.randn(1, 3, 16, 16),)
+
+
+def _hook(data):
+    return finetune(data, data, steps=6, batch_size=32, calibration_samples=64, progress=False)
+
+
+def test_compress_then_finetune_equals_one_call(tiny, tiny_data, tmp_path):
+    """Same plan, same seed, one process: ``compress --data`` in one call and ``compress`` then ``finetune``
+    give the same weights, and the fine-tuned folder reloads without unpickling code."""
+    one = compress(tiny, EXAMPLE, to="dwsep", rank=1, finetune=_hook(tiny_data), verify=False)
+    compress(tiny, EXAMPLE, to="dwsep", rank=1, out_dir=tmp_path / "step1", measure_speed=False)
+    two = finetune_output(
+        tmp_path / "step1", tiny, EXAMPLE, _hook(tiny_data), out_dir=tmp_path / "step2", measure_speed=False
+    )
+    assert one.report.finetune["accuracy"] == two.report.finetune["accuracy"]
+    for key, value in one.model.state_dict().items():
+        assert torch.equal(value, two.model.state_dict()[key]), key
+    assert two.report.passed
+    reloaded = load_compressed(tiny, EXAMPLE, tmp_path / "step2")
+    x = tiny_data.x[:4]
+    assert torch.allclose(reloaded(x), two.model(x), atol=1e-6)
+    report = json.loads((tmp_path / "step2" / "report.json").read_text())
+    assert report["finetune"]["stage2_distill"]["steps"] > 0
+
+
+def test_finetune_cli_refuses_bad_input(tiny, tmp_path, capsys):
+    weights = tmp_path / "tiny.pt"
+    torch.save(tiny.state_dict(), weights)
+    arch = ["--arch", "ranks.py:tiny_model", "--import-path", str(tmp_path), "--input-shape", "1,3,16,16"]
+    out = tmp_path / "out"
+    cases = [
+        ([str(tmp_path / "nowhere"), str(weights), *arch, "--data", str(weights)], "no such folder"),
+        ([str(tmp_path), str(weights), *arch], "needs --data"),
+    ]
+    for argv, message in cases:
+        assert main(["finetune", *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert not out.exists()
