@@ -34,6 +34,14 @@ OUTPUT_FILES = {
 }
 
 
+def _check_output(folder: Path) -> dict:
+    """Every file the report lists is there, and nothing else; returns the report."""
+    report = json.loads((folder / "report.json").read_text())
+    names = {p.name for p in folder.iterdir()}
+    assert names == {Path(p).name for p in report["outputs"].values()} and names >= OUTPUT_FILES
+    return report
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,11 +101,9 @@ def test_two_ranks_half_batch_match_one_rank_full_batch(two_ranks, tmp_path):
 
 
 def test_only_rank0_writes(two_ranks):
-    out = two_ranks / "out-rank0"
-    assert {p.name for p in out.iterdir()} == OUTPUT_FILES
+    report = _check_output(two_ranks / "out-rank0")
     assert not (two_ranks / "out-rank1").exists()  # rank 1 was given its own --out and wrote nothing
     assert not [p for p in two_ranks.iterdir() if p.name.startswith(".")]  # no staging folder left
-    report = json.loads((out / "report.json").read_text())
     assert report["passed"] and report["finetune"]["ranks"] == 2
     ft0, ft1 = (_load(two_ranks / f"full-rank{r}.pt")["report"] for r in (0, 1))
     assert ft0["accuracy"] == ft1["accuracy"]  # validation summed over ranks: one score, one best choice
@@ -154,9 +160,8 @@ def test_torchrun_finetune_a_compress_output(tmp_path, device):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("outputs:") == 1  # rank 0 speaks for both
-    assert {p.name for p in tuned.iterdir()} == OUTPUT_FILES
+    report = _check_output(tuned)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compressed", "tiny.pt", "train.pt", "tuned"]
-    report = json.loads((tuned / "report.json").read_text())
     assert report["finetune"]["ranks"] == 2 and report["passed"]
     assert any("fine-tuned from" in n for n in report["notes"])
     reloaded = load_compressed(ranks.trained_tiny(), (torch.randn(ranks.EXAMPLE),), tuned)
