@@ -187,7 +187,9 @@ def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
 def _stage2(teacher, student, names, heads, train, calib, s, budget, stop, gen, device, score, report):
     steps = s.steps if s.steps or s.minutes else DEFAULT_STEPS
     distributed.agree(stop, budget)  # split the time left on rank 0's clock
-    left = (budget.seconds - budget.elapsed()) if budget.seconds else None
+    # a stage 1 that overran the budget leaves phase A a sliver, not a negative (unbounded) budget, which
+    # kept a loaded one-process run training until it was killed
+    left = max(budget.seconds - budget.elapsed(), 1e-3) if budget.seconds else None
     report["_wrapped"] = wrap_all(student, heads, calib, device) if s.train_bn else []
     batches = _batches(train, s, gen, device)
     frac = s.feature_fraction

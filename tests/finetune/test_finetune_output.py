@@ -50,3 +50,20 @@ def test_finetune_cli_refuses_bad_input(tiny, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
         assert not out.exists()
+
+
+def test_budget_spent_by_stage1_leaves_phase_a_no_steps(tiny, tiny_data):
+    """A time budget stage 1 already used up gives phase A no time (it once got a negative, unbounded one)."""
+    hook = finetune(
+        tiny_data, None, steps=40, minutes=1e-5, batch_size=32, calibration_samples=64, progress=False
+    )
+    _, report = hook(*_prepared(tiny))
+    assert report["stage2_blocks"]["steps"] == 0
+
+
+def _prepared(model):
+    from convslim import apply, plan, prepare
+
+    prepared = prepare(model, EXAMPLE)
+    p = plan(prepared, to="dwsep", rank=1)
+    return prepared, apply(prepared, p), p
