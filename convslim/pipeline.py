@@ -34,7 +34,7 @@ from convslim.runtime.deploy import (
 from convslim.runtime.export import export_model, file_sha256, fixed_input_shape, op_counts
 from convslim.runtime.measure import measure_speed
 from convslim.runtime.targets import get_target
-from convslim.verify import compare_models, onnx_parity
+from convslim.verify import compare_models, judge_with_floor, onnx_parity
 
 PARITY_BATCH_SIZES = (1, 4)
 
@@ -85,20 +85,22 @@ def export_and_verify(
     settings: VerifySettings,
 ) -> None:
     t0 = time.perf_counter()
-    program, fixed_batch = _export_pair(prepared, compressed, report, scratch, settings.deploy)
+    program, original_program, fixed_batch = _export_pair(
+        prepared, compressed, report, scratch, settings.deploy
+    )
     report.timings_s["export"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     batches = parity_batches(prepared.example_inputs, settings.calibration, fixed_batch)
     tol = settings.tolerance
-    report.parity["onnx_vs_torch"] = onnx_parity(scratch / "model.onnx", compressed, batches, rtol=tol)
-    report.parity["original_onnx_vs_torch"] = onnx_parity(
-        scratch / "original.onnx", prepared.traced.module, batches, rtol=tol
-    )
+    parity = onnx_parity(scratch / "model.onnx", compressed, batches, rtol=tol)
+    floor = onnx_parity(scratch / "original.onnx", prepared.traced.module, batches, rtol=tol)
+    report.parity["original_onnx_vs_torch"] = floor
+    # judged against the original's own ONNX error: runtime noise the original shows is not the rewrite's fault
+    report.parity["onnx_vs_torch"] = judge_with_floor(parity, floor)
+    explain_parity(report, (original_program, program), scratch, batches[0], tol)
     report.parity["compressed_vs_original"] = _closeness(prepared, compressed, batches, fixed_batch)
-    report.passed = (
-        report.parity["onnx_vs_torch"]["passed"] and report.parity["original_onnx_vs_torch"]["passed"]
-    )
+    report.passed = report.parity["onnx_vs_torch"]["passed"]
     models, int8_info = deploy_models(scratch, settings.deploy)
     report.deploy = _deploy_section(settings.deploy, int8_info, models)
     report.deploy["accuracy"] = accuracy(models, settings.deploy)
@@ -129,8 +131,8 @@ def _closeness(prepared: Prepared, compressed: nn.Module, batches: list, fixed_b
 
 
 def _export_pair(prepared, compressed, report, scratch, deploy: DeploySettings):
-    """model.onnx and original.onnx, same exporter and settings; returns the compressed program and the fixed
-    batch (None when the batch axis is dynamic)."""
+    """model.onnx and original.onnx, same exporter and settings; returns the compressed and original programs
+    and the fixed batch (None when the batch axis is dynamic)."""
     example = prepared.example_inputs
     exported = export_model(compressed, example, scratch / FILES["compressed_fp32"], deploy.export)
     original = export_model(prepared.traced.module, example, scratch / FILES["original_fp32"], deploy.export)
@@ -144,7 +146,7 @@ def _export_pair(prepared, compressed, report, scratch, deploy: DeploySettings):
             "(BatchNorm that does not follow a conv, or tracing fell back)"
         )
     dynamic = exported.dynamic_batch and original.dynamic_batch
-    return exported.program, None if dynamic else int(fixed_input_shape(onnx_model)[0])
+    return exported.program, original.program, None if dynamic else int(fixed_input_shape(onnx_model)[0])
 
 
 def _deploy_section(deploy: DeploySettings, int8_info: dict, models: dict) -> dict:
@@ -198,6 +200,29 @@ def _write_outputs(report: Report, models: dict, program, compressed, plan: Plan
         names += ["compressed.pt2", "compressed_state_dict.pt", "plan.json", "report.json", "report.md"]
         report.outputs = {name: str(out_dir / name) for name in names}
         write_report(report, staging)
+
+
+def explain_parity(report: Report, programs: tuple, scratch: Path, inputs: tuple, tolerance: float) -> None:
+    """When the original's own ONNX disagrees with PyTorch beyond ``tolerance``, or the compressed model fails,
+    name the first intermediate value (and op) where ORT departs from PyTorch, in a report note."""
+    from convslim.diagnose import divergence_note, first_divergence
+
+    checks = (
+        ("original", report.parity["original_onnx_vs_torch"], programs[0], "original.onnx"),
+        ("compressed", report.parity["onnx_vs_torch"], programs[1], "model.onnx"),
+    )
+    for which, parity, program, name in checks:
+        if parity["passed"]:
+            continue
+        found = first_divergence(program, scratch / name, inputs, tolerance)
+        report.parity[f"{which}_divergence"] = found
+        if which == "original":
+            report.notes.append(divergence_note(which, parity, found))
+        elif found is not None:
+            report.notes.append(
+                f"compressed model: the first intermediate value where ONNX Runtime departs from PyTorch is "
+                f"{found['value']} from ONNX op {found['onnx_op']} (max abs err {found['max_abs_err']:.3g})"
+            )
 
 
 def write_report(report: Report, folder: Path) -> None:

@@ -74,8 +74,15 @@ class Report:
         if "onnx_vs_torch" in self.parity:
             p = self.parity["onnx_vs_torch"]
             mark = "ok" if p["passed"] else "FAILED"
+            floor = ""
+            if "floor_max_abs_err" in p:
+                floor = (
+                    f"; the original's own error {p['floor_max_abs_err']:.2e}, allowed "
+                    f"{p['allowed_err']:.2e} = max(tolerance, {p['floor_multiple']:g}x that)"
+                )
             lines.append(
-                f"  ONNX vs PyTorch: max abs err {p['max_abs_err']:.2e} (tolerance {p['tolerance']:.2e}) {mark}"
+                f"  ONNX vs PyTorch: max abs err {p['max_abs_err']:.2e} (tolerance {p['tolerance']:.2e}{floor}) "
+                f"{mark}"
             )
         if "compressed_vs_original" in self.parity:
             c = self.parity["compressed_vs_original"]
@@ -102,6 +109,8 @@ class Report:
         lines.extend(deploy_lines(self.deploy))
         if self.planning:
             lines.append("  " + self.planning_line())
+            if self.planning.get("verdict"):
+                lines.append(f"  {self.planning['verdict']}")
         if self.finetune:
             lines.append(
                 "  fine-tuning: " + ", ".join(f"{k} {v}" for k, v in self.finetune.get("summary", {}).items())
@@ -174,9 +183,9 @@ class Report:
                 )
         out += deploy_markdown(self.deploy)
         if self.planning:
-            out += ["", "## Planning", "", self.planning_line(), ""] + _dict_table(
-                {"planning": self.planning}
-            )
+            shown = {k: v for k, v in self.planning.items() if k != "layer_timings"}
+            out += ["", "## Planning", "", self.planning_line(), ""] + _dict_table({"planning": shown})
+            out += _timings_markdown(self.planning.get("layer_timings") or [])
         if self.finetune:
             out += ["", "## Fine-tuning", ""] + _dict_table({"finetune": self.finetune})
             out += _finetune_markdown(self.finetune)
@@ -231,6 +240,25 @@ def _dict_table(sections: dict[str, Any]) -> list[str]:
             shown = f"{value:.4g}" if isinstance(value, float) else value
             lines.append(f"| {section}.{key} | {shown} |")
     return lines
+
+
+def _timings_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """Per-layer ORT timings from planning: the original layer, its fastest candidate, what was chosen."""
+    if not rows:
+        return []
+    out = [
+        "",
+        "### Per-layer timings (ORT, planning batch)",
+        "",
+        "| layer | original ms | fastest candidate | its time / original | chosen |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ms = "?" if r.get("original_ms") is None else f"{r['original_ms']:.4f}"
+        out.append(
+            f"| {r['layer']} | {ms} | {r['fastest']} | {r['fastest_ratio']:.2f} | {r['chosen'] or 'kept'} |"
+        )
+    return out
 
 
 def _finetune_markdown(finetune: dict[str, Any]) -> list[str]:

@@ -15,6 +15,12 @@ Cost per output pixel: depthwise C·T·Kh·Kw + pointwise C·T·M MACs, against 
 i.e. a ratio T·(1/M + 1/(Kh·Kw)). Stride, padding (ints, 'same', padding modes) and dilation go on the
 depthwise part; the bias goes on the pointwise part.
 
+Grouped convs (ResNeXt's grouped 3x3, groups g). Each input channel c belongs to one group k and only reaches
+that group's M/g outputs O_k, so the same SVD runs on A_c = W[O_k, c] ∈ R^{(M/g) × (Kh·Kw)}: the depthwise part
+is unchanged and the pointwise part becomes a grouped 1x1 conv C·T→M with g groups. Cost per output pixel
+C·T·Kh·Kw + C·T·M/g against C·Kh·Kw·M/g, exact at T = min(M/g, Kh·Kw). (ResNeXt-50's 3x3 with 4 channels per
+group: rank 1 costs 1/4 + 1/9 = 36 % of the dense MACs.)
+
 Emission. ONNX Runtime's fast CPU path (NCHWc) takes plain depthwise convs (one filter per channel) but
 not a channel multiplier T > 1, which runs 1.3–2.4× slower than the dense conv it replaces. So rank t runs as
 its own plain depthwise conv D_t and 1x1 conv P_t, and the T branches are summed (``sum``, the default: ORT
@@ -78,29 +84,37 @@ class DepthwiseSeparableConv(nn.Module):
         return out
 
 
-def channel_spectra(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batched SVD of W[:, c] reshaped M × (Kh·Kw) for every input channel c: (U, S, Vh) with a leading C axis."""
-    out_ch, in_ch, kh, kw = weight.shape
-    mats = weight.detach().double().permute(1, 0, 2, 3).reshape(in_ch, out_ch, kh * kw)
+def channel_spectra(weight: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched SVD of W[O_k, c] reshaped (M/g) × (Kh·Kw) for every input channel c (of group k): (U, S, Vh) with
+    a leading C axis; with ``groups=1`` that is W[:, c] reshaped M × (Kh·Kw)."""
+    out_ch, in_per_group, kh, kw = weight.shape
+    per_group = out_ch // groups
+    w = weight.detach().double().reshape(groups, per_group, in_per_group, kh * kw)
+    mats = w.permute(0, 2, 1, 3).reshape(groups * in_per_group, per_group, kh * kw)
     return torch.linalg.svd(mats, full_matrices=False)
 
 
-def rank_for_energy(weight: torch.Tensor, energy: float) -> int:
+def rank_for_energy(weight: torch.Tensor, energy: float, groups: int = 1) -> int:
     """Smallest T whose kept energy Σ_c Σ_{t<T} σ_{c,t}² is at least ``energy`` of ‖W‖²."""
-    _, s, _ = channel_spectra(weight)
+    _, s, _ = channel_spectra(weight, groups)
     per_rank = (s**2).sum(dim=0)
     kept = per_rank.cumsum(0) / per_rank.sum().clamp_min(1e-30)
     return int((kept < energy - 1e-12).sum().item()) + 1 if kept.numel() else 1
 
 
 def convert_dwsep(conv: nn.Conv2d, rank: int, emission: str = "sum") -> DepthwiseSeparableConv:
-    """Pure function: the rank-``rank`` depthwise-separable replacement of a groups=1 ``conv``."""
-    out_ch, in_ch, kh, kw = conv.weight.shape
-    rank = min(rank, out_ch, kh * kw)
-    u, s, vh = channel_spectra(conv.weight)
+    """Pure function: the rank-``rank`` depthwise-separable replacement of ``conv`` (grouped: per group, with a
+    grouped pointwise part; ``emission="concat"`` takes groups=1 convs only)."""
+    out_ch, in_per_group, kh, kw = conv.weight.shape
+    groups = conv.groups
+    in_ch, per_group = conv.in_channels, out_ch // groups
+    if groups > 1 and emission == "concat":
+        raise ValueError("dwsep: the concat emission takes groups=1 convs only; use emission='sum'")
+    rank = min(rank, per_group, kh * kw)
+    u, s, vh = channel_spectra(conv.weight, groups)
     root = s[:, :rank].sqrt()  # (C, T)
     filters = (vh[:, :rank, :] * root[:, :, None]).reshape(in_ch, rank, kh, kw)  # D[c, t]
-    mix = u[:, :, :rank] * root[:, None, :]  # P[c, m, t]
+    mix = u[:, :, :rank] * root[:, None, :]  # P[c, m within the group of c, t]
     like = {"device": conv.weight.device, "dtype": conv.weight.dtype}
     has_bias = conv.bias is not None
 
@@ -121,7 +135,7 @@ def convert_dwsep(conv: nn.Conv2d, rank: int, emission: str = "sum") -> Depthwis
         return dw
 
     def pointwise(weight: torch.Tensor, bias: bool) -> nn.Conv2d:
-        pw = nn.Conv2d(weight.shape[1], out_ch, 1, bias=bias).to(**like)
+        pw = nn.Conv2d(weight.shape[1] * groups, out_ch, 1, groups=groups, bias=bias).to(**like)
         with torch.no_grad():
             pw.weight.copy_(weight.reshape(out_ch, -1, 1, 1))
             if bias:
@@ -132,12 +146,16 @@ def convert_dwsep(conv: nn.Conv2d, rank: int, emission: str = "sum") -> Depthwis
     if emission == "concat":  # input channel t·C + c of the single 1x1 conv is filter t of channel c
         pointwise_convs = [pointwise(mix.permute(1, 2, 0).reshape(out_ch, rank * in_ch), has_bias)]
     else:
-        pointwise_convs = [pointwise(mix[:, :, t].T, has_bias and t == 0) for t in range(rank)]
+        # grouped 1x1 weight row k·M/g + m, column j is P[k·C/g + j, m, t]
+        grouped = [mix[:, :, t].reshape(groups, in_per_group, per_group).transpose(1, 2) for t in range(rank)]
+        pointwise_convs = [
+            pointwise(grouped[t].reshape(out_ch, in_per_group), has_bias and t == 0) for t in range(rank)
+        ]
     return DepthwiseSeparableConv(depthwise_convs, pointwise_convs, emission)
 
 
-def dwsep_weight_error(weight: torch.Tensor, rank: int) -> float:
-    _, s, _ = channel_spectra(weight)
+def dwsep_weight_error(weight: torch.Tensor, rank: int, groups: int = 1) -> float:
+    _, s, _ = channel_spectra(weight, groups)
     total = (s**2).sum()
     dropped = (s[:, rank:] ** 2).sum()
     return float((dropped / total.clamp_min(1e-30)).sqrt())
@@ -166,7 +184,7 @@ class DwsepForm(Form):
             if not 0 < energy <= 1:
                 raise UsageError(f"--energy must be in (0, 1], got {energy}")
             reason = plain_conv2d_reason(site.conv)
-            rank = 1 if reason else rank_for_energy(site.conv.weight, energy)
+            rank = 1 if reason else rank_for_energy(site.conv.weight, energy, site.conv.groups)
         else:
             rank = options.get("rank")
             rank = 1 if rank is None else rank
@@ -183,17 +201,18 @@ class DwsepForm(Form):
         out_ch, in_per_group, kh, kw = conv.weight.shape
         if conv.groups == conv.in_channels and in_per_group == 1:
             return "already depthwise"
-        if conv.groups != 1:
-            return f"grouped conv (groups={conv.groups}): dwsep takes groups=1 convs only"
+        if conv.groups != 1 and setting.get("emission") == "concat":
+            return f"grouped conv (groups={conv.groups}): the concat emission takes groups=1 convs only"
         if kh * kw == 1:
             return "1x1 kernel: already pointwise, nothing to separate"
         return self.no_saving_reason(site, setting, f"rank {setting['rank']}")
 
     def cost(self, site: ConvSite, setting: dict[str, Any]) -> Cost:
         conv = site.conv
-        out_ch, in_ch, kh, kw = conv.weight.shape
-        rank = min(setting["rank"], out_ch, kh * kw)
-        per_pixel = in_ch * rank * (kh * kw + out_ch)
+        out_ch, _, kh, kw = conv.weight.shape
+        per_group = out_ch // conv.groups
+        rank = min(setting["rank"], per_group, kh * kw)
+        per_pixel = conv.in_channels * rank * (kh * kw + per_group)
         bias = out_ch if conv.bias is not None else 0
         return Cost(params=per_pixel + bias, macs=per_pixel * site.output_pixels())
 
@@ -201,7 +220,7 @@ class DwsepForm(Form):
         return convert_dwsep(conv, setting["rank"], setting.get("emission", "sum"))
 
     def weight_error(self, conv: nn.Conv2d, setting: dict[str, Any]) -> float | None:
-        return dwsep_weight_error(conv.weight, setting["rank"])
+        return dwsep_weight_error(conv.weight, setting["rank"], conv.groups)
 
 
 register_form(DwsepForm())

@@ -94,20 +94,24 @@ def _input_mismatch_message(example_inputs: tuple, exc: Exception) -> str:
 
 
 def modularize_functional_convs_(traced: TracedModel) -> None:
-    """Turn ``F.conv2d(x, <param>, <param or None>, ...)`` nodes into ``nn.Conv2d`` call_module nodes.
+    """Turn ``F.conv2d(x, <param>, <param or None>, ...)`` nodes into ``nn.Conv2d`` call_module nodes, whatever
+    the call form (positional, ``weight=``/``input=`` keywords, stride/padding/dilation/groups either way).
 
-    Convs whose weight is computed at run time cannot be rewritten from trained weights; they are recorded in
-    ``traced.unconvertible`` with the reason, never silently ignored.
+    Convs that cannot be rewritten from trained weights (weight or bias computed at run time, a setting only known
+    at run time) are recorded in ``traced.unconvertible`` with the reason, never silently ignored.
     """
     gm = traced.graph_module
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in FUNCTIONAL_CONVS:
             continue
-        conv, reason = _conv_from_functional(gm, node)
+        args, reason = conv_call_args(node)
+        conv = None
+        if args is not None:
+            conv, reason = _conv_from_functional(gm, args)
         if conv is None:
             traced.unconvertible[node.name] = reason
             continue
-        _replace_with_module(gm, node, conv, _owner_name(gm, node.args[1], node.name))
+        _replace_with_module(gm, node, args["input"], conv, _owner_name(gm, args["weight"], node.name))
     _drop_unused_attrs(gm)
 
 
@@ -132,7 +136,7 @@ def modularize_functional_batchnorms_(traced: TracedModel) -> None:
                 (bn.running_var, var),
             ):
                 dst.copy_(src)
-        _replace_with_module(gm, node, bn, _owner_name(gm, node.args[3], node.name))
+        _replace_with_module(gm, node, x, bn, _owner_name(gm, node.args[3], node.name))
     _drop_unused_attrs(gm)
 
 
@@ -145,10 +149,10 @@ def _drop_unused_attrs(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def _replace_with_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, name: str) -> None:
+def _replace_with_module(gm: fx.GraphModule, node: fx.Node, x, module: nn.Module, name: str) -> None:
     _set_or_add_submodule(gm, name, module)
     with gm.graph.inserting_after(node):
-        new = gm.graph.call_module(name, (node.args[0],))
+        new = gm.graph.call_module(name, (x,))
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
 
@@ -174,10 +178,34 @@ def _set_or_add_submodule(gm: fx.GraphModule, name: str, module: nn.Module) -> N
         gm.add_submodule(name, module)
 
 
-def _conv_from_functional(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Conv2d | None, str]:
-    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    defaults = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
-    args = dict(defaults, **dict(zip(names, node.args, strict=False)), **node.kwargs)
+CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+
+
+def conv_call_args(node: fx.Node) -> tuple[dict | None, str]:
+    """The arguments of a ``conv2d`` call by name, whichever mix of positions and keywords it used, or None and
+    the reason when the call cannot be read (an unknown keyword, a setting computed at run time)."""
+    if len(node.args) > len(CONV_ARGS):
+        return None, f"functional conv2d with {len(node.args)} positional arguments: not a conv2d call form"
+    unknown = sorted(set(node.kwargs) - set(CONV_ARGS))
+    if unknown:
+        return None, f"functional conv2d with unexpected keyword(s) {', '.join(unknown)}: left as it is"
+    args = dict(CONV_DEFAULTS, **dict(zip(CONV_ARGS, node.args, strict=False)), **node.kwargs)
+    if "input" not in args or "weight" not in args:
+        return None, "functional conv2d without an input or a weight argument: left as it is"
+    computed = [k for k in ("stride", "padding", "dilation", "groups") if _has_node(args[k])]
+    if computed:
+        return None, f"functional conv2d whose {computed[0]} is computed at run time: left as it is"
+    return args, ""
+
+
+def _has_node(value) -> bool:
+    if isinstance(value, (tuple, list)):
+        return any(_has_node(v) for v in value)
+    return isinstance(value, fx.Node)
+
+
+def _conv_from_functional(gm: fx.GraphModule, args: dict) -> tuple[nn.Conv2d | None, str]:
     weight, bias = args["weight"], args["bias"]
     if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
         return (
@@ -187,18 +215,23 @@ def _conv_from_functional(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Conv2d 
     if bias is not None and not (isinstance(bias, fx.Node) and bias.op == "get_attr"):
         return None, "functional conv2d whose bias is computed at run time"
     w = _fetch_attr(gm, weight.target)
+    if not isinstance(w, torch.Tensor) or w.dim() != 4:
+        return None, "functional conv2d whose weight is not a 4-D tensor"
     out_ch, in_per_group, kh, kw = w.shape
     groups = int(args["groups"])
-    conv = nn.Conv2d(
-        in_per_group * groups,
-        out_ch,
-        (kh, kw),
-        stride=args["stride"],
-        padding=args["padding"],
-        dilation=args["dilation"],
-        groups=groups,
-        bias=bias is not None,
-    )
+    try:
+        conv = nn.Conv2d(
+            in_per_group * groups,
+            out_ch,
+            (kh, kw),
+            stride=args["stride"],
+            padding=args["padding"],
+            dilation=args["dilation"],
+            groups=groups,
+            bias=bias is not None,
+        )
+    except (ValueError, TypeError) as exc:  # settings nn.Conv2d refuses (e.g. 'same' with a stride)
+        return None, f"functional conv2d with settings nn.Conv2d does not take ({exc}): left as it is"
     with torch.no_grad():
         conv.weight.copy_(w)
         if bias is not None:
@@ -240,7 +273,8 @@ def _sites_from_graph(traced: TracedModel) -> list[ConvSite]:
         if node.op != "call_module" or not _is_conv(modules[node.target]):
             continue
         site = sites.setdefault(node.target, ConvSite(node.target, modules[node.target]))
-        in_meta = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], fx.Node) else None
+        x = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
+        in_meta = x.meta.get("tensor_meta") if isinstance(x, fx.Node) else None
         out_meta = node.meta.get("tensor_meta")
         if in_meta is not None and out_meta is not None:
             site.calls.append((tuple(in_meta.shape[1:]), tuple(out_meta.shape[1:])))

@@ -28,12 +28,13 @@ import torch
 from convslim.core import LayerDecision, Plan, Prepared, dense_cost
 from convslim.errors import UsageError
 from convslim.plan import decide
-from convslim.planner.budget import Option, blend, select
+from convslim.planner.budget import Option, Selection, blend, select
 from convslim.planner.candidates import Candidate, candidates_for, parse_forms
 from convslim.planner.closed_loop import deployed_bytes, measure_plan_speedup, search
 from convslim.planner.compose import layer_scale, layer_total, max_multiplier, predicted_time
 from convslim.planner.damage import measure_damage, probe_inputs
 from convslim.planner.latency import LatencyCache, measure_candidates, time_model
+from convslim.planner.verdict import layer_timings, verdict
 from convslim.runtime.int8 import Calibration
 from convslim.runtime.targets import available_target
 
@@ -122,6 +123,14 @@ def plan_budgeted(
         chosen, layers, saved, rounds, measured = _close_the_loop(
             loop, table, need, target_speedup, base_s, build, progress
         )
+    timings = layer_timings(layers)
+    said = verdict(timings, rounds)
+    if said is not None and chosen.choice:  # nothing measured faster as a whole: keep the model as it is
+        chosen = Selection(reached=False)
+        layers, saved = build(chosen)
+        measured = None
+        for r in rounds:
+            r.pop("chosen", None)
     predicted_s = predicted_time(base_s, saved)
     macs_after = sum(d.macs_after for d in layers)
     used = sorted({d.form for d in layers if d.form})
@@ -146,6 +155,8 @@ def plan_budgeted(
         "layer_sum_speedup": predicted,
         "rounds": rounds,
         "predicted_error": chosen.predicted_error,
+        "verdict": said,
+        "layer_timings": timings,
         "predicted_macs_fraction": macs_after / total_macs if total_macs else 1.0,
         "candidates": len(everything),
         "cache_hits": cache.hits,
@@ -260,6 +271,8 @@ def _summary(c: Candidate) -> dict:
         "ratio": round(m["ratio"], 4),
         "damage": round(m["damage"], 6) if "damage" in m else None,  # None: slower, so not worth measuring
         "saved_ms": round(m["saved_s"] * 1e3, 4),
+        "orig_ms": round(m["orig_s"] * 1e3, 4),
+        "cand_ms": round(m["cand_s"] * 1e3, 4),
     }
 
 

@@ -52,6 +52,39 @@ def test_full_rank_reproduces_conv(cfg):
     assert (got - expected).abs().max() / scale <= 1e-4
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(2, 6),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.sampled_from([(3, 3), (3, 1), (1, 5), (2, 2)]),
+    st.integers(1, 2),
+    st.booleans(),
+)
+def test_grouped_conv_full_rank_reproduces_conv(groups, in_per_group, out_per_group, kernel, stride, bias):
+    """Per group: depthwise filters + a grouped 1x1 (groups g); exact at T = min(M/g, Kh·Kw), and the
+    replacement has exactly the parameters ``cost`` counts."""
+    conv = nn.Conv2d(
+        groups * in_per_group,
+        groups * out_per_group,
+        kernel,
+        stride,
+        padding=(kernel[0] // 2, 0),
+        groups=groups,
+        bias=bias,
+    ).double()
+    full = min(out_per_group, kernel[0] * kernel[1])
+    x = torch.randn(2, conv.in_channels, 9, 8, dtype=torch.double)
+    sep = convert_dwsep(conv, full)
+    with torch.no_grad():
+        expected = conv(x)
+        got = sep(x)
+    assert (got - expected).abs().max() <= 1e-9 * expected.abs().max().clamp_min(1)
+    assert all(pw.groups == groups for pw in sep.pointwise)
+    site = ConvSite("layer", conv, [(tuple(x.shape[1:]), tuple(expected.shape[1:]))])
+    assert get_form("dwsep").cost(site, {"rank": full}).params == sum(p.numel() for p in sep.parameters())
+
+
 def test_float32_full_rank_within_1e4_relative():
     conv = nn.Conv2d(24, 20, (5, 3), stride=2, padding=(2, 1), dilation=1)
     x = torch.randn(3, 24, 17, 15)
@@ -112,7 +145,7 @@ def _site(conv, hw=8):
     [
         (nn.Conv2d(8, 8, 1), {"rank": 1}, "1x1 kernel"),
         (nn.Conv2d(8, 8, 3, groups=8), {"rank": 1}, "already depthwise"),
-        (nn.Conv2d(8, 8, 3, groups=2), {"rank": 1}, "grouped conv (groups=2)"),
+        (nn.Conv2d(8, 8, 3, groups=2), {"rank": 1, "emission": "concat"}, "grouped conv (groups=2)"),
         (nn.ConvTranspose2d(8, 8, 3), {"rank": 1}, "transposed"),
         (nn.Conv2d(8, 4, 3), {"rank": 3}, "no saving at rank 3"),
     ],
