@@ -114,7 +114,11 @@ def test_inspect_lists_every_conv_without_writing(tmp_path, capsys, state_dict_f
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r20.pt"]
 
 
-def test_verification_failure_exits_1_after_writing(tmp_path, capsys, state_dict_file):
+def test_verification_failure_exits_1_after_writing(tmp_path, capsys, state_dict_file, monkeypatch):
+    from convslim.verify import judge_with_floor
+
+    # tolerance 0 and no allowance for the original's own ONNX error (4x it would pass this float32 noise)
+    monkeypatch.setattr("convslim.pipeline.judge_with_floor", lambda p, f: judge_with_floor(p, f, 0.0))
     out = tmp_path / "out"
     code = main(
         [
@@ -132,6 +136,7 @@ def test_verification_failure_exits_1_after_writing(tmp_path, capsys, state_dict
     report = json.loads((out / "report.json").read_text())
     assert code == 1 and report["passed"] is False
     assert report["parity"]["onnx_vs_torch"]["max_abs_err"] > 0
+    assert "max_abs_err" in report["parity"]["original_onnx_vs_torch"]
 
 
 @pytest.mark.slow

@@ -34,6 +34,9 @@ ATEN_BATCH_NORMS = (torch.ops.aten.batch_norm.default, torch.batch_norm)
 def trace_model(model: nn.Module, example_inputs: tuple) -> TracedModel:
     """Copy, trace and shape-propagate ``model``; fall back to a module copy when tracing fails."""
     work = without_export_guards(copy.deepcopy(model).eval())
+    _check_runs(
+        work, example_inputs, hint=True
+    )  # before tracing: the model's own attributes can name its size
     try:
         gm = fx.symbolic_trace(work)
     except Exception as exc:  # noqa: BLE001  (any trace failure means: use the fallback)
@@ -42,7 +45,6 @@ def trace_model(model: nn.Module, example_inputs: tuple) -> TracedModel:
             f"torch.fx could not trace the model ({type(exc).__name__}: {reason[:160]}); "
             "fell back to swapping Conv2d modules in place, without BatchNorm folding"
         )
-        _check_runs(work, example_inputs)
         return TracedModel(work, example_inputs, "module-swap", notes=[note])
     traced = TracedModel(gm, example_inputs, "fx")
     modularize_functional_convs_(traced)
@@ -79,12 +81,17 @@ def propagate_shapes_(traced: TracedModel) -> None:
         ShapeProp(traced.graph_module).propagate(*traced.example_inputs)
 
 
-def _check_runs(module: nn.Module, example_inputs: tuple) -> None:
+def _check_runs(module: nn.Module, example_inputs: tuple, hint: bool = False) -> None:
     with torch.no_grad():
         try:
             module(*example_inputs)
         except Exception as exc:  # noqa: BLE001
-            raise UsageError(_input_mismatch_message(example_inputs, exc)) from None
+            message = _input_mismatch_message(example_inputs, exc)
+            if hint:
+                from convslim.input_hint import input_size_hint
+
+                message += input_size_hint(module, example_inputs)
+            raise UsageError(message) from None
 
 
 def _input_mismatch_message(example_inputs: tuple, exc: Exception) -> str:
