@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from convslim.diagnose import divergence_note, first_divergence
-from convslim.export import export_onnx, export_program
+from convslim.runtime.export import export_onnx, export_program
 from convslim.verify import judge_with_floor, onnx_parity
 
 
@@ -35,7 +35,7 @@ class Net(nn.Module):
 def test_first_divergence_names_the_op_the_runtime_gets_wrong(tmp_path):
     torch.manual_seed(0)
     model, x = Net().eval(), torch.randn(1, 3, 8, 8)
-    program = export_program(model, (x,))
+    program, _ = export_program(model, (x,))
     proto = export_onnx(program, (x,), tmp_path / "m.onnx")
     assert first_divergence(program, tmp_path / "m.onnx", (x,), 1e-4) is None  # a faithful runtime
     swish = next(n for n in proto.graph.node if n.op_type == "HardSwish")
