@@ -128,7 +128,7 @@ def plan_budgeted(
     if said is not None and chosen.choice:  # nothing measured faster as a whole: keep the model as it is
         chosen = Selection(reached=False)
         layers, saved = build(chosen)
-        measured = None
+        timings, measured = layer_timings(layers), None
         for r in rounds:
             r.pop("chosen", None)
     predicted_s = predicted_time(base_s, saved)
