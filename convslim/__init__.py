@@ -14,6 +14,7 @@ from convslim.api import (
     load_compressed,
     plan,
     prepare,
+    rewrite,
 )
 from convslim.convert import FORMS, get_form, register_form
 from convslim.errors import ConvslimError, ModelLoadError, PlanError, UsageError
@@ -37,4 +38,5 @@ __all__ = [
     "plan",
     "prepare",
     "register_form",
+    "rewrite",
 ]

@@ -6,7 +6,8 @@ Example:
     >>> print(result.report.summary())
 
 ``plan`` and ``apply`` expose the middle so a plan can be inspected (or edited, or saved) before it is applied.
-The model passed in is never modified: every step works on copies.
+Neither the model nor the plan passed in is ever modified: every step works on copies, and ``rewrite`` returns
+the plan as built (what graph-level work fixed, e.g. octave's channel sets) as a new plan.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from convslim.convert import get_form
 from convslim.core import ConvSite, Plan, Prepared, TracedModel
 from convslim.errors import PlanError, UsageError
 from convslim.loading import check_finite
-from convslim.passes import apply_plan, collect_conv_sites, fold_batchnorm, trace_model
+from convslim.options import Budget, Checks, Output, gather
+from convslim.passes import collect_conv_sites, fold_batchnorm, trace_model
+from convslim.passes.apply_plan import Rewritten
+from convslim.passes.apply_plan import rewrite as rewrite_plan
 from convslim.passes.trace import propagate_shapes_, without_export_guards
 from convslim.plan import make_plan
 from convslim.report import Report
@@ -36,6 +40,9 @@ from convslim.verify import DEFAULT_RTOL
 
 @dataclass
 class CompressionResult:
+    """The compressed model, its report, the plan as built (the one saved as ``plan.json``) and the prepared
+    original it was built from."""
+
     model: nn.Module
     report: Report
     plan: Plan
@@ -140,10 +147,18 @@ def _uniform_plan(prepared: Prepared, to: str, exclude: Sequence[str], options: 
 def apply(
     model: nn.Module | Prepared, plan: Plan, example_inputs=None, notes: list[str] | None = None
 ) -> nn.Module:
-    """Return the compressed copy of ``model`` that ``plan`` describes."""
+    """Return the compressed copy of ``model`` that ``plan`` describes (``plan`` is left unchanged)."""
+    return rewrite(model, plan, example_inputs, notes).model
+
+
+def rewrite(
+    model: nn.Module | Prepared, plan: Plan, example_inputs=None, notes: list[str] | None = None
+) -> Rewritten:
+    """Like ``apply``, and also the plan as built: a new plan with what graph-level work fixed (e.g. octave's
+    channel sets), the one to save or report. ``plan`` itself is left unchanged."""
     prepared = model if isinstance(model, Prepared) else prepare(model, example_inputs)
     check_plan_fits(plan, prepared.sites)
-    return apply_plan(prepared.traced.module, plan, notes=notes)
+    return rewrite_plan(prepared.traced.module, plan, notes=notes)
 
 
 def check_plan_fits(plan: Plan, sites: list[ConvSite]) -> None:
@@ -167,29 +182,25 @@ def compress(
     to: str = "dwsep",
     *,
     plan: Plan | None = None,
-    out_dir: str | Path | None = None,
-    overwrite: bool = False,
-    verify: bool = True,
-    measure_speed: bool = True,
-    batch_sizes: Sequence[int] = (1, 32),
-    tolerance: float = DEFAULT_RTOL,
     calibration: torch.Tensor | None = None,
     finetune: Callable | None = None,
     exclude: Sequence[str] = (),
     progress: bool = False,
-    target_speedup: float | None = None,
-    target_macs: float | None = None,
-    max_error: float | None = None,
-    plan_batch: int = 32,
+    budget: Budget | None = None,
+    checks: Checks | None = None,
+    output: Output | None = None,
     deploy: DeploySettings | None = None,
     record: dict | None = None,
     **options,
 ) -> CompressionResult:
     """Rewrite ``model``'s convs into form ``to``; with ``verify`` export to ONNX and check it with ORT.
 
-    ``options`` go to the form (``rank``, ``energy``, ...). ``calibration`` is a batch of real inputs used in the
-    parity checks. ``finetune(prepared, compressed, plan) -> (model, report_dict)`` is called between rewriting
-    and export when given. With ``out_dir``, ``model.onnx``, ``compressed.pt2``, ``plan.json``,
+    ``options`` go to the form (``rank``, ``energy``, ...), except the fields of the option groups, which may
+    also be given as plain keywords (``convslim.options``): ``budget`` (``target_speedup``, ``target_macs``,
+    ``max_error``, ``plan_batch``), ``checks`` (``verify``, ``measure_speed``, ``batch_sizes``, ``tolerance``),
+    ``output`` (``out_dir``, ``overwrite``). ``calibration`` is a batch of real inputs used in the parity
+    checks. ``finetune(prepared, compressed, plan) -> (model, report_dict)`` is called between rewriting and
+    export when given. With ``out_dir``, ``model.onnx``, ``compressed.pt2``, ``plan.json``,
     ``compressed_state_dict.pt``, ``report.json`` and ``report.md`` appear there together or not at all.
     With ``to="auto"`` (or ``"a,b"``) and one of ``target_speedup``/``target_macs``/``max_error`` the budgeted
     planner picks per layer (measured at ``plan_batch``); the report then shows predicted vs measured speedup.
@@ -208,25 +219,28 @@ def compress(
 
     deploy = deploy or DeploySettings()
     deploy.target()  # unknown, unavailable or uncalibrated targets fail now, not after fine-tuning
-    if out_dir is not None:
-        check_output_dir(out_dir, overwrite=overwrite)
+
+    budget, checks, output, options = gather(options, budget=budget, checks=checks, output=output)
+    if output.out_dir is not None:
+        check_output_dir(output.out_dir, overwrite=output.overwrite)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     prepared = prepare(model, example_inputs, calibration)
-    if verify or out_dir is not None:  # a model torch.export cannot take fails here, before any rewriting
+    if (
+        checks.verify or output.out_dir is not None
+    ):  # a model torch.export cannot take fails here, before rewriting
         export_program(prepared.traced.module, prepared.example_inputs)
-    budget = {"target_speedup": target_speedup, "target_macs": target_macs, "max_error": max_error}
-    if plan is None and wants_budgeted(to, budget):
+    if plan is None and wants_budgeted(to, budget.limits()):
         plan = _plan_on_rank0(
             prepared,
             to=to,
             calibration=calibration,
             exclude=exclude,
-            batch=plan_batch,
+            batch=budget.plan_batch,
             progress=progress,
             target=deploy.target(),
             opset=deploy.export.opset,
-            **budget,
+            **budget.limits(),
         )
         timings["plan"] = plan.planning["planning_s"]
     elif plan is None:
@@ -234,27 +248,31 @@ def compress(
     if not plan.rewritten:
         raise UsageError(nothing_rewritten(plan))
     notes = list(prepared.traced.notes)
-    compressed = apply(prepared, plan, notes=notes)
+    compressed, plan = rewrite(prepared, plan, notes=notes)  # from here on, the plan as built
     report = Report.from_plan(plan, prepared.traced.mode, weight_errors(prepared, plan))
     report.batchnorm_folded = prepared.batchnorm_folded
     report.planning = plan.planning
     report.notes.extend(notes)
-    settings = {"to": to, "tolerance": tolerance, "batch_sizes": list(batch_sizes), "exclude": list(exclude)}
-    settings.update(
-        measure_speed=measure_speed, verify=verify, plan_batch=plan_batch, finetune=finetune is not None
-    )
+    settings = {"to": to, "tolerance": checks.tolerance, "batch_sizes": list(checks.batch_sizes)}
+    settings.update(exclude=list(exclude), measure_speed=checks.measure_speed, verify=checks.verify)
+    settings.update(plan_batch=budget.plan_batch, finetune=finetune is not None)
     settings["calibration_samples"] = None if calibration is None else len(calibration)
-    report.run = run_record(
-        prepared.example_inputs, record, {**settings, **{k: v for k, v in budget.items() if v is not None}}
-    )
+    limits = {k: v for k, v in budget.limits().items() if v is not None}
+    report.run = run_record(prepared.example_inputs, record, {**settings, **limits})
     timings["rewrite"] = time.perf_counter() - start
     verify_settings = VerifySettings(
-        out_dir, overwrite, batch_sizes if measure_speed else (), tolerance, calibration, progress, deploy
+        output.out_dir,
+        output.overwrite,
+        checks.batch_sizes if checks.measure_speed else (),
+        checks.tolerance,
+        calibration,
+        progress,
+        deploy,
     )
-    return _tune_and_export(prepared, plan, compressed, report, timings, finetune, verify, verify_settings)
+    return _tune_and_export(prepared, plan, compressed, report, timings, finetune, checks, verify_settings)
 
 
-def _tune_and_export(prepared, plan, compressed, report, timings, finetune, verify, settings):
+def _tune_and_export(prepared, plan, compressed, report, timings, finetune, checks, settings):
     """Fine-tune (``finetune`` hook, when given), then export and verify: only rank 0 under torchrun."""
     from convslim.finetune import distributed
     from convslim.pipeline import export_and_verify
@@ -264,7 +282,7 @@ def _tune_and_export(prepared, plan, compressed, report, timings, finetune, veri
         compressed, report.finetune = finetune(prepared, compressed, plan)
         timings["finetune"] = time.perf_counter() - t0
     report.timings_s = timings
-    if (verify or settings.out_dir is not None) and distributed.is_main():
+    if (checks.verify or settings.out_dir is not None) and distributed.is_main():
         with tempfile.TemporaryDirectory(prefix="convslim-") as scratch:
             export_and_verify(prepared, compressed, plan, report, Path(scratch), settings)
     return CompressionResult(compressed, report, plan, prepared)
@@ -318,7 +336,8 @@ def finetune_output(
     settings = VerifySettings(
         out_dir, overwrite, batch_sizes if measure_speed else (), tolerance, calibration, progress, deploy
     )
-    return _tune_and_export(prepared, saved_plan, compressed, report, timings, finetune, verify, settings)
+    checks = Checks(verify=verify)
+    return _tune_and_export(prepared, saved_plan, compressed, report, timings, finetune, checks, settings)
 
 
 def nothing_rewritten(plan: Plan) -> str:

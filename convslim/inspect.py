@@ -11,6 +11,7 @@ from typing import Any
 
 from convslim.convert import get_form
 from convslim.core import Prepared, dense_cost
+from convslim.plan import site_skip_reason
 
 
 def options_per_form(forms: list[str], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -45,10 +46,11 @@ def inspect_rows(prepared: Prepared, forms: list[str], options: dict[str, Any]) 
             "macs": cost.macs,
             "forms": {},
         }
+        unreached = site_skip_reason(site)
         for name in forms:
             form = get_form(name)
-            setting = form.settings_from_options(site, per_form[name]) if site.calls else {}
-            reason = form.supports(site, setting) if site.calls else "never called on the example inputs"
+            setting = form.settings_from_options(site, per_form[name]) if unreached is None else {}
+            reason = form.supports(site, setting) if unreached is None else unreached
             if reason:
                 row["forms"][name] = {"skipped_reason": reason}
             else:

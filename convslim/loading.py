@@ -63,7 +63,7 @@ def load_model(
     obj = _load_weights_only(path, device, trust_pickle)
     if isinstance(obj, nn.Module):
         return _checked(obj.to(device).eval(), path)
-    state = _unwrap_state_dict(obj, path)
+    state = unwrap_state_dict(obj, path)
     if arch is None:
         raise ModelLoadError(f"{path} holds a state_dict: pass --arch module.path:factory to build the model")
     model = build_arch(arch, arch_kwargs, import_paths)
@@ -85,6 +85,18 @@ def check_finite(model: nn.Module, source: str = "the model") -> None:
                 f"{source}: {name} holds NaN or infinite values; the weights are damaged, save them again "
                 "from a healthy training run"
             )
+
+
+def load_state_dict(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a state_dict file (wrapped in ``{"state_dict": ...}`` etc., ``module.`` prefixes removed);
+    no code runs. Anything else is a one-line ``ModelLoadError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    obj = _load_weights_only(path, device, trust_pickle=False)
+    if isinstance(obj, nn.Module):
+        raise ModelLoadError(f"{path} holds a pickled module, not a state_dict")
+    return unwrap_state_dict(obj, path)
 
 
 def _archive_kind(path: Path) -> str:
@@ -151,7 +163,8 @@ def _load_weights_only(path: Path, device: str, trust_pickle: bool):
         raise ModelLoadError(f"{path}: could not unpickle the module ({_short(exc)})") from None
 
 
-def _unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded state_dict, unwrapped from ``STATE_DICT_WRAPPER_KEYS`` and ``module.`` prefixes."""
     if not isinstance(obj, Mapping):
         raise ModelLoadError(f"{path} holds a {type(obj).__name__}, neither a state_dict nor a module")
     for key in STATE_DICT_WRAPPER_KEYS:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from convslim.convert import get_form
@@ -45,6 +46,20 @@ def decide(
     )
 
 
+def excluded(name: str, exclude: Sequence[str]) -> bool:
+    """``--exclude layer1`` keeps ``layer1`` and everything under it (``layer1.0.conv1``), not ``layer10``."""
+    return any(name == e or name.startswith(e + ".") for e in exclude)
+
+
+def site_skip_reason(site: ConvSite, exclude: Sequence[str] = ()) -> str | None:
+    """Why ``site`` is kept before any form is asked (excluded, or never called), else None."""
+    if excluded(site.name, exclude):
+        return "excluded by --exclude"
+    if not site.calls:
+        return "never called on the example inputs"
+    return None
+
+
 def make_plan(
     sites: list[ConvSite],
     form_name: str,
@@ -57,17 +72,15 @@ def make_plan(
     options = form.check_options(options)  # every option in force, defaults included; bad values refused here
     layers = []
     for site in sites:
-        if any(site.name == e or site.name.startswith(e + ".") for e in exclude):
-            layers.append(decide(site, form_name, {}, reason="excluded by --exclude"))
-            continue
-        if not site.calls:
-            layers.append(decide(site, form_name, {}, reason="never called on the example inputs"))
-            continue
-        layers.append(decide(site, form_name, form.settings_from_options(site, options)))
+        reason = site_skip_reason(site, exclude)
+        if reason is not None:
+            layers.append(decide(site, form_name, {}, reason=reason))
+        else:
+            layers.append(decide(site, form_name, form.settings_from_options(site, options)))
     plan = Plan(form=form_name, options=dict(options), layers=layers)
     for node_name, reason in (unconvertible or {}).items():
         plan.layers.append(LayerDecision.skipped(node_name, reason))
     return plan
 
 
-__all__ = ["PLAN_VERSION", "LayerDecision", "Plan", "decide", "make_plan"]
+__all__ = ["PLAN_VERSION", "LayerDecision", "Plan", "decide", "excluded", "make_plan", "site_skip_reason"]

@@ -86,3 +86,16 @@ def test_failure_leaves_no_output_folder(model, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         convslim.compress(model, torch.randn(1, 3, 32, 32), out_dir=tmp_path / "out", measure_speed=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_option_groups_and_plain_keywords_mean_the_same(model, tmp_path):
+    from convslim.errors import UsageError
+    from convslim.options import Checks, Output, gather
+
+    budget, checks, output, form = gather({"rank": 2, "tolerance": 1e-3, "out_dir": "o", "overwrite": True})
+    assert checks == Checks(tolerance=1e-3) and output == Output("o", overwrite=True) and form == {"rank": 2}
+    assert budget.limits() == {"target_speedup": None, "target_macs": None, "max_error": None}
+    with pytest.raises(UsageError, match="either checks= or verify="):
+        convslim.compress(model, torch.randn(1, 3, 32, 32), verify=False, checks=Checks(verify=False))
+    result = convslim.compress(model, torch.randn(1, 3, 32, 32), rank=1, checks=Checks(verify=False))
+    assert result.report.parity == {} and len(result.plan.rewritten) > 0

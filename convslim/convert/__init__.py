@@ -14,10 +14,16 @@ from convslim.errors import UsageError
 FORMS: dict[str, Form] = {}
 
 
-def register_form(form: Form) -> Form:
-    """Add ``form`` to the registry under ``form.name`` (users may register their own forms)."""
+def register_form(form: Form, *, replace: bool = False) -> Form:
+    """Add ``form`` to the registry under ``form.name`` (users may register their own forms). A name already
+    taken is an error unless ``replace=True`` says the new form is meant to take its place."""
     if not form.name:
-        raise ValueError(f"{type(form).__name__} has no name")
+        raise UsageError(f"{type(form).__name__} has no name: set the class attribute `name`")
+    if form.name in FORMS and not replace:
+        raise UsageError(
+            f"a form named {form.name!r} is already registered ({type(FORMS[form.name]).__name__}); "
+            "pick another name or pass replace=True"
+        )
     FORMS[form.name] = form
     return form
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from convslim.core.sites import ConvSite, Cost, dense_cost
+from convslim.core.plan import LayerDecision
+from convslim.core.sites import ConvSite, Cost, dense_cost, no_saving_reason
 from convslim.errors import UsageError
 
 
@@ -124,19 +125,20 @@ class Form:
     def no_saving_reason(self, site: ConvSite, setting: dict[str, Any], at: str) -> str | None:
         """The skip reason when the rewritten conv would not cost fewer MACs than the dense one (``at`` names
         the setting, e.g. "rank 3"), else None."""
-        before, after = dense_cost(site).macs, self.cost(site, setting).macs
-        if after >= before:
-            return f"no saving at {at}: {after:,} MACs vs {before:,} dense"
-        return None
+        return no_saving_reason(dense_cost(site), self.cost(site, setting), at)
 
     def weight_error(self, conv: nn.Conv2d, setting: dict[str, Any]) -> float | None:
         """‖W − W_approx‖ / ‖W‖ of the replacement's effective kernel, when the form defines one."""
         return None
 
-    def finalize(self, module: nn.Module, decisions: list, notes: list[str]) -> nn.Module:
+    def finalize(
+        self, module: nn.Module, decisions: list[LayerDecision], notes: list[str]
+    ) -> tuple[nn.Module, list[LayerDecision]]:
         """Graph-level work after this form's convs were swapped in (e.g. folding channel permutations or
-        cancelling split/merge pairs). Gets and returns the whole (copied) model; appends report notes."""
-        return module
+        cancelling split/merge pairs). Gets the whole (copied) model, which it may change, and this form's
+        decisions, which it must not: it returns the model and the decisions as built (new objects where the
+        graph work fixed more of a setting, e.g. octave's channel sets). Appends report notes."""
+        return module, decisions
 
 
 __all__ = ["ConvSite", "Cost", "Form", "dense_cost", "plain_conv2d_reason"]

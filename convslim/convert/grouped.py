@@ -361,7 +361,7 @@ class GroupedForm(Form):
         w = conv.weight.detach().double()
         return float((effective_weight(convert_grouped(conv, setting)).double() - w).norm() / w.norm())
 
-    def finalize(self, module: nn.Module, decisions: list, notes: list[str]) -> nn.Module:
+    def finalize(self, module: nn.Module, decisions: list, notes: list[str]) -> tuple[nn.Module, list]:
         from convslim.passes.permute import fold_permutations
 
         settings = {d.name: d.setting for d in decisions}
@@ -374,7 +374,7 @@ class GroupedForm(Form):
                 f"run them off its fast NCHWc path; check their speed: {', '.join(odd[:6])}"
                 + (" ..." if len(odd) > 6 else "")
             )
-        return module
+        return module, decisions
 
 
 @torch.no_grad()

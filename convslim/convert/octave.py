@@ -171,12 +171,12 @@ class OctaveForm(Form):
         low_in, low_out = self.low_channels(conv, setting)
         return convert_octave(conv, low_in, low_out)
 
-    def finalize(self, module: nn.Module, decisions: list, notes: list[str]) -> nn.Module:
+    def finalize(self, module: nn.Module, decisions: list, notes: list[str]) -> tuple[nn.Module, list]:
         from torch import fx
 
         if not isinstance(module, fx.GraphModule):
             notes.append("octave: per-conv wrapper form (the model was not traced, so no region form)")
-            return module
+            return module, decisions
         from convslim.passes.octave import octave_region
 
         return octave_region(module, decisions, notes)

@@ -9,7 +9,7 @@ from convslim.core.fx import delete_submodule, parent_of, set_submodule
 from convslim.core.plan import PLAN_VERSION, LayerDecision, Plan
 from convslim.core.prepared import Prepared, TracedModel
 from convslim.core.regroup import Regroupable
-from convslim.core.sites import ConvSite, Cost, dense_cost
+from convslim.core.sites import ConvSite, Cost, dense_cost, no_saving_reason
 
 __all__ = [
     "PLAN_VERSION",
@@ -22,6 +22,7 @@ __all__ = [
     "TracedModel",
     "delete_submodule",
     "dense_cost",
+    "no_saving_reason",
     "parent_of",
     "set_submodule",
 ]

@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
+from convslim.core import Plan, Prepared
 from convslim.data import ArrayData
 from convslim.errors import UsageError
 from convslim.finetune import distributed
@@ -33,7 +37,7 @@ from convslim.finetune.affine import unwrap_all, wrap_all
 from convslim.finetune.distill import feature_phase, kd_phase
 from convslim.finetune.feed import as_source, augment, endless, evaluate, take
 from convslim.finetune.reconstruct import recalibrate_batchnorm, reconstruct
-from convslim.finetune.stopping import Budget, interruptible
+from convslim.finetune.stopping import Budget, StopFlag, interruptible
 
 DEFAULT_STEPS = 1000
 
@@ -138,7 +142,36 @@ def from_files(
     return FinetuneData(hook, train.x[:calibration_batch].to(device), train, val)
 
 
-def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
+@dataclass
+class Stage:
+    """What every stage works with: both models, the data, the settings and the run's clock and stop flag."""
+
+    teacher: nn.Module
+    student: nn.Module
+    names: list[str]  # the rewritten layers, in graph order
+    train: Any
+    calib: list  # (x, y) calibration batches, already in the training layout
+    settings: FinetuneSettings
+    budget: Budget
+    stop: StopFlag
+    gen: torch.Generator
+    device: torch.device
+    score: Callable[[nn.Module], float | None]
+
+    def seconds_left(self) -> float | None:
+        return (self.budget.seconds - self.budget.elapsed()) if self.budget.seconds else None
+
+
+@dataclass
+class Stage2Result:
+    """Stage 2's best weights (None: nothing to keep by), the layers wrapped with a BatchNorm, its report."""
+
+    best: dict | None
+    wrapped: list[str]
+    report: dict
+
+
+def run(prepared: Prepared, compressed: nn.Module, plan: Plan, train, val, s: FinetuneSettings):
     start = time.perf_counter()
     torch.manual_seed(s.seed + distributed.rank())
     gen = torch.Generator().manual_seed(s.seed)  # the same on every rank: one global batch order
@@ -157,18 +190,18 @@ def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
     report = {"settings": _settings(s), "interrupted": False, "ranks": distributed.world()}
     with interruptible() as stop:
         budget = Budget(None, s.minutes * 60 if s.minutes else None)
+        stage = Stage(teacher, student, names, train, calib, s, budget, stop, gen, device, score)
         rows, heads = reconstruct(teacher, student, names, calib, device, s.progress, stop)
         report["batchnorm_recalibrated"] = recalibrate_batchnorm(student, calib, device)
         report["stage1"] = {"layers": rows, "seconds": round(time.perf_counter() - start, 1)}
         accuracy["stage1"] = score(student)
         # only a validation score can show stage 2 did worse, so only then is the stage-1 state worth keeping
         after_stage1 = copy.deepcopy(student.state_dict()) if accuracy["stage1"] is not None else None
-        best = _stage2(
-            teacher, student, names, heads, train, calib, s, budget, stop, gen, device, score, report
-        )
-        if best is not None:
-            student.load_state_dict(best)
-        unwrap_all(student, report.pop("_wrapped", []))
+        stage2 = _stage2(stage, heads)
+        report.update(stage2.report)
+        if stage2.best is not None:
+            student.load_state_dict(stage2.best)
+        unwrap_all(student, stage2.wrapped)
         accuracy["stage2"] = score(student)
         if after_stage1 is not None and accuracy["stage2"] < accuracy["stage1"]:
             # distillation only made it worse (too high a learning rate for a near-recovered model): the user
@@ -184,26 +217,28 @@ def run(prepared, compressed, plan, train, val, s: FinetuneSettings):
     return student.to(home, memory_format=torch.contiguous_format).eval(), report
 
 
-def _stage2(teacher, student, names, heads, train, calib, s, budget, stop, gen, device, score, report):
+def _stage2(stage: Stage, heads: dict[str, list[nn.Conv2d] | None]) -> Stage2Result:
+    """Phase A (block-wise features) then phase B (end-to-end KD), with a BatchNorm after each layer in
+    ``heads`` that can fold one (see ``affine``); the student is trained in place, left wrapped."""
+    s, student = stage.settings, stage.student
     steps = s.steps if s.steps or s.minutes else DEFAULT_STEPS
-    distributed.agree(stop, budget)  # split the time left on rank 0's clock
+    distributed.agree(stage.stop, stage.budget)  # split the time left on rank 0's clock
     # a stage 1 that overran the budget leaves phase A a sliver, not a negative (unbounded) budget, which
     # kept a loaded one-process run training until it was killed
-    left = max(budget.seconds - budget.elapsed(), 1e-3) if budget.seconds else None
-    report["_wrapped"] = wrap_all(student, heads, calib, device) if s.train_bn else []
-    batches = _batches(train, s, gen, device)
+    left = stage.seconds_left()
+    left = max(left, 1e-3) if left is not None else None
+    wrapped = wrap_all(student, heads, stage.calib, stage.device) if s.train_bn else []
+    batches = _batches(stage.train, s, stage.gen, stage.device)
     frac = s.feature_fraction
     phase_a = Budget(round(steps * frac) if steps else None, left * frac if left else None)
-    report["stage2_blocks"] = (
-        feature_phase(teacher, student, names, batches, s, phase_a, stop, s.progress) if frac > 0 else {}
-    )
-    distributed.agree(stop, budget)
-    left = (budget.seconds - budget.elapsed()) if budget.seconds else None
+    args = (stage.teacher, student, stage.names, batches, s)
+    blocks = feature_phase(*args, phase_a, stage.stop, s.progress) if frac > 0 else {}
+    distributed.agree(stage.stop, stage.budget)
+    left = stage.seconds_left()
     phase_b = Budget(steps - phase_a.done if steps else None, max(left, 1.0) if left else None)
-    summary, best = kd_phase(teacher, student, names, batches, s, phase_b, stop, score, s.progress)
-    report["stage2_distill"] = summary
-    report["wrapped_with_batchnorm"] = len(report["_wrapped"])
-    return best if summary["best_score"] is not None else None
+    summary, best = kd_phase(*args, phase_b, stage.stop, stage.score, s.progress)
+    report = {"stage2_blocks": blocks, "stage2_distill": summary, "wrapped_with_batchnorm": len(wrapped)}
+    return Stage2Result(best if summary["best_score"] is not None else None, wrapped, report)
 
 
 def _batches(train, s, gen, device):

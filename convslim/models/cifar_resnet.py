@@ -86,9 +86,9 @@ def resnet56(num_classes: int = 10) -> CifarResNet:
 
 def load_cifar_resnet(path: str | Path) -> CifarResNet:
     """Build the right depth for a checkpoint and load it (``{"state_dict": ...}``, ``module.`` prefixes)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    from convslim.loading import load_state_dict  # models stay importable without the loading machinery
+
+    state = load_state_dict(path)
     blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("layer1."))
     model = CifarResNet(blocks)
     model.load_state_dict(state)

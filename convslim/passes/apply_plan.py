@@ -1,15 +1,20 @@
 """Apply a plan: swap each planned conv module for the replacement its form builds from the trained weights.
 
 The swap is by module path, so it works the same on a GraphModule (the node keeps its target; the new module
-is traced through on export) and on the module-swap fallback. The input module is copied first.
+is traced through on export) and on the module-swap fallback. Neither the input module nor the plan is changed:
+graph-level work may fix more of a setting than the plan said (octave records its channel sets), and that comes
+back as a new plan, the plan *as built*, which is what reports and saved plans must show.
 
 Example:
     >>> compressed = apply_plan(folded, plan)
+    >>> compressed, as_built = rewrite(folded, plan)   # as_built: plan with what finalize fixed
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
+from typing import NamedTuple
 
 from torch import nn
 from tqdm.auto import tqdm
@@ -19,12 +24,27 @@ from convslim.core import Plan, set_submodule
 from convslim.errors import PlanError
 
 
+class Rewritten(NamedTuple):
+    """The compressed copy and the plan as built (a new object; the plan given is never changed)."""
+
+    model: nn.Module
+    plan: Plan
+
+
 def apply_plan(
     module: nn.Module, plan: Plan, progress: bool = False, notes: list[str] | None = None
 ) -> nn.Module:
-    """Return a copy of ``module`` with every rewritten layer of ``plan`` replaced.
+    """Return a copy of ``module`` with every rewritten layer of ``plan`` replaced (see ``rewrite``)."""
+    return rewrite(module, plan, progress, notes).model
 
-    After the swaps, each form used gets one ``finalize`` call for graph-level work; its notes go to ``notes``.
+
+def rewrite(
+    module: nn.Module, plan: Plan, progress: bool = False, notes: list[str] | None = None
+) -> Rewritten:
+    """A copy of ``module`` with every rewritten layer of ``plan`` replaced, and the plan as built.
+
+    After the swaps, each form used gets one ``finalize`` call for graph-level work; its notes go to ``notes``
+    and the decisions it returns replace the plan's in the plan as built.
     """
     module = copy.deepcopy(module)
     rewritten = plan.rewritten
@@ -38,12 +58,24 @@ def apply_plan(
         replacement = get_form(decision.form).convert(conv, decision.setting)
         set_submodule(module, decision.name, replacement)
     notes = [] if notes is None else notes
+    built = {}
     for form_name in dict.fromkeys(d.form for d in rewritten):
         decisions = [d for d in rewritten if d.form == form_name]
-        module = get_form(form_name).finalize(module, decisions, notes)
+        module, done = _finalized(get_form(form_name).finalize(module, decisions, notes), form_name)
+        built.update((d.name, d) for d in done)
     if hasattr(module, "recompile"):
         module.recompile()
-    return module
+    as_built = replace(plan, layers=[built.get(d.name, d) for d in plan.layers])
+    return Rewritten(module, copy.deepcopy(as_built))
+
+
+def _finalized(result, form_name: str) -> tuple[nn.Module, list]:
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)):
+        raise TypeError(
+            f"form {form_name!r}: finalize must return (model, decisions as built), got {type(result).__name__}; "
+            "return (module, decisions) when the graph work fixes nothing more"
+        )
+    return result
 
 
 def _find_conv(module: nn.Module, name: str) -> nn.Module:

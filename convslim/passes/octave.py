@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import operator
+from dataclasses import replace
 
 import torch.nn.functional as F
 from torch import fx
@@ -33,8 +34,9 @@ from convslim.convert.octave_conv import (
     octave_split_low,
     octave_upsample,
 )
+from convslim.core import LayerDecision
 from convslim.passes.octave_cancel import CancelStats, cancel_octave, cancel_octave_
-from convslim.passes.octave_channels import assign_channels_, wrapper_nodes
+from convslim.passes.octave_channels import assign_channels_, octave_macs, wrapper_nodes
 
 
 def expand_octave(gm: fx.GraphModule) -> fx.GraphModule:
@@ -80,21 +82,35 @@ def _emit(graph: fx.Graph, name: str, wrapper: OctaveConv2d, x: fx.Node) -> fx.N
     return graph.call_function(octave_merge, args)
 
 
-def octave_region(gm: fx.GraphModule, decisions: list, notes: list[str]) -> fx.GraphModule:
-    """Copy of ``gm`` in the region form (or the wrapper form when a setting says ``region: false``)."""
+def octave_region(
+    gm: fx.GraphModule, decisions: list[LayerDecision], notes: list[str]
+) -> tuple[fx.GraphModule, list[LayerDecision]]:
+    """Copy of ``gm`` in the region form (or the wrapper form when a setting says ``region: false``), and the
+    decisions with the channel sets as built in their settings (new objects; ``decisions`` is left alone)."""
     gm = copy.deepcopy(gm)
     if not all(d.setting.get("region", True) for d in decisions):
-        for decision in decisions:  # record the wrappers' own sets so the plan rebuilds them exactly
-            wrapper = gm.get_submodule(decision.name)
-            decision.setting["low_in"] = wrapper.low_in.tolist()
-            decision.setting["low_out"] = wrapper.low_out.tolist()
         notes.append("octave: per-conv wrapper form (region form off): every octave conv splits and merges")
-        return gm
-    assign_channels_(gm, decisions)
+        # record the wrappers' own sets so the saved plan rebuilds them exactly
+        return gm, [_with_sets(d, gm.get_submodule(d.name)) for d in decisions]
+    sets = assign_channels_(gm, decisions)
     expand_octave_(gm)
     stats = cancel_octave_(gm)
     notes.append(f"octave: {stats.summary()}")
-    return gm
+    return gm, [_with_sets(d, None, *sets[d.name]) if d.name in sets else d for d in decisions]
+
+
+def _with_sets(
+    decision: LayerDecision, wrapper: OctaveConv2d | None, low_in=None, low_out=None
+) -> LayerDecision:
+    """``decision`` with ``low_in``/``low_out`` in its setting: a wrapper's own sets, or the assigned ones (which
+    also change its MACs)."""
+    if wrapper is not None:
+        setting = {**decision.setting, "low_in": wrapper.low_in.tolist(), "low_out": wrapper.low_out.tolist()}
+        return replace(decision, setting=setting)
+    macs = octave_macs(decision.weight_shape, low_in, low_out, decision.macs_before)
+    return replace(
+        decision, setting={**decision.setting, "low_in": low_in, "low_out": low_out}, macs_after=macs
+    )
 
 
 __all__ = [

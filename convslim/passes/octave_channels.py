@@ -6,15 +6,16 @@ their channels, so a union-find over those edges gives the "channel spaces". Eac
 channels with the least summed pool loss (the per-conv losses in the settings, each conv normalised to sum 1);
 a concat's space takes its inputs' assignments side by side (channel i of input k sits at offset + i); the
 network input (an image) keeps every channel at full resolution. Wrappers whose sets change are rebuilt from
-their exact dense conv; the final sets go into each decision's setting as ``low_in``/``low_out``.
+their exact dense conv; the final sets are returned per conv (the caller records them as ``low_in``/``low_out``
+in a new plan; the decisions given are only read).
 
 Example:
-    >>> assign_channels_(gm, plan.rewritten)   # in place; plan settings gain low_in / low_out
+    >>> sets = assign_channels_(gm, plan.rewritten)   # gm in place; {"layer1.0.conv1": (low_in, low_out), ...}
 """
 
 from __future__ import annotations
 
-from torch import fx, nn
+from torch import fx
 
 from convslim.convert.octave_conv import OctaveConv2d, convert_octave, lowest, n_low
 from convslim.core import set_submodule
@@ -119,12 +120,14 @@ class _Assigner:
         return None
 
 
-def assign_channels_(gm: fx.GraphModule, decisions: list) -> None:
-    """In place: pick coupled low sets, rebuild the wrappers that change, record the sets in the settings."""
+def assign_channels_(gm: fx.GraphModule, decisions: list) -> dict[str, tuple[list[int], list[int]]]:
+    """In place on ``gm``: pick coupled low sets and rebuild the wrappers that change; returns each planned
+    conv's (low_in, low_out). Empty when the decisions already fix every set (a saved plan)."""
+    sets: dict[str, tuple[list[int], list[int]]] = {}
     if decisions and all("low_in" in d.setting and "low_out" in d.setting for d in decisions):
-        return  # a saved plan already fixes the sets; rebuild exactly what it says
+        return sets  # a saved plan already fixes the sets; rebuild exactly what it says
     assigner = _Assigner(gm, decisions)
-    by_name = {d.name: d for d in decisions}
+    planned = {d.name for d in decisions}
     done: set[str] = set()
     for node in wrapper_nodes(gm):
         if node.target in done:
@@ -136,15 +139,14 @@ def assign_channels_(gm: fx.GraphModule, decisions: list) -> None:
         low_out = assigner.low(node, conv.out_channels)
         if low_in != wrapper.low_in.tolist() or low_out != wrapper.low_out.tolist():
             set_submodule(gm, node.target, convert_octave(conv, low_in, low_out))
-        decision = by_name.get(node.target)
-        if decision is not None:
-            decision.setting["low_in"], decision.setting["low_out"] = low_in, low_out
-            decision.macs_after = octave_macs(conv, low_in, low_out, decision.macs_before)
+        if node.target in planned:
+            sets[node.target] = (low_in, low_out)
+    return sets
 
 
-def octave_macs(conv: nn.Conv2d, low_in: list[int], low_out: list[int], dense_macs: int) -> int:
+def octave_macs(weight_shape: list[int], low_in: list[int], low_out: list[int], dense_macs: int) -> int:
     """MACs of the octave conv given the dense conv's MACs (same output pixels)."""
-    c_out, c_in, kh, kw = conv.weight.shape
+    c_out, c_in = weight_shape[:2]
     hi_in, hi_out, lo_in, lo_out = c_in - len(low_in), c_out - len(low_out), len(low_in), len(low_out)
     quarter_terms = hi_in * lo_out + lo_in * hi_out + lo_in * lo_out
     return dense_macs * (4 * hi_in * hi_out + quarter_terms) // (4 * c_in * c_out)

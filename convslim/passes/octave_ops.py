@@ -18,40 +18,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from convslim.convert.octave_conv import octave_split_high, octave_split_low
+from convslim.core.ops import POINTWISE_FUNCTIONS, POINTWISE_METHODS, POINTWISE_MODULES
 
-UNARY_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Hardtanh,
-    nn.Mish,
-    nn.Identity,
-    nn.Dropout,
-)
-UNARY_FUNCTIONS = {
-    F.relu,
-    torch.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.gelu,
-    F.silu,
-    torch.sigmoid,
-    F.sigmoid,
-    torch.tanh,
-    F.hardswish,
-    F.hardsigmoid,
-    F.hardtanh,
-    F.mish,
-}
-UNARY_METHODS = {"relu", "sigmoid", "tanh", "contiguous"}
 BINARY_FUNCTIONS = {operator.add, torch.add, operator.sub, torch.sub, operator.mul, torch.mul}
 BINARY_METHODS = {"add", "sub", "mul"}
 CATS = {torch.cat, torch.concat}
@@ -61,13 +29,13 @@ def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     """'unary', 'batchnorm', 'binary', 'cat' for ops that commute with split/merge, else None."""
     if node.op == "call_module":
         module = modules.get(node.target)
-        if isinstance(module, UNARY_MODULES):
+        if isinstance(module, POINTWISE_MODULES):
             return "unary"
         if isinstance(module, nn.BatchNorm2d) and not module.training and module.running_mean is not None:
             return "batchnorm"
         return None
     if node.op == "call_function":
-        if node.target in UNARY_FUNCTIONS and _extra_args_constant(node):
+        if node.target in POINTWISE_FUNCTIONS and _extra_args_constant(node):
             return "unary"
         if node.target in BINARY_FUNCTIONS and "alpha" not in node.kwargs:
             return "binary"
@@ -75,7 +43,7 @@ def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
             return "cat"
         return None
     if node.op == "call_method":
-        if node.target in UNARY_METHODS and _extra_args_constant(node):
+        if node.target in POINTWISE_METHODS and _extra_args_constant(node):
             return "unary"
         if node.target in BINARY_METHODS and "alpha" not in node.kwargs:
             return "binary"

@@ -30,51 +30,21 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from convslim.core.ops import is_pointwise
 from convslim.core.regroup import Regroupable
 
-# Ops that treat every channel alike (element-wise activations, spatial pooling): a channel permutation
-# commutes with them, so it can be moved across them.
-ELEMENTWISE_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.SiLU,
-    nn.GELU,
-    nn.Hardswish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Identity,
-    nn.Dropout,
-    nn.Hardtanh,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-)
-ELEMENTWISE_FUNCTIONS = (
-    F.relu,
-    torch.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.silu,
-    F.gelu,
-    F.hardswish,
-    torch.sigmoid,
-    torch.tanh,
-    F.dropout,
-    F.hardtanh,
-    F.max_pool2d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool2d,
-)
-ELEMENTWISE_METHODS = ("relu", "sigmoid", "tanh", "contiguous")
+# Beyond the point-wise ops: ops that treat every channel alike (spatial pooling; dropout, which is the identity
+# in eval mode whatever its arguments), so a channel permutation can be moved across them as well.
+CHANNELWISE_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+CHANNELWISE_FUNCTIONS = (F.dropout, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d)
 
 
 def _is_elementwise(node: fx.Node, modules: dict) -> bool:
+    if is_pointwise(node, modules):
+        return True
     if node.op == "call_module":
-        return isinstance(modules[node.target], ELEMENTWISE_MODULES)
-    if node.op == "call_function":
-        return node.target in ELEMENTWISE_FUNCTIONS
-    return node.op == "call_method" and node.target in ELEMENTWISE_METHODS
+        return isinstance(modules[node.target], CHANNELWISE_MODULES)
+    return node.op == "call_function" and node.target in CHANNELWISE_FUNCTIONS
 
 
 def _coupling(node: fx.Node) -> str:

@@ -27,7 +27,7 @@ import torch
 
 from convslim.core import LayerDecision, Plan, Prepared, dense_cost
 from convslim.errors import UsageError
-from convslim.plan import decide
+from convslim.plan import decide, site_skip_reason
 from convslim.planner.budget import Option, Selection, blend, select
 from convslim.planner.candidates import Candidate, candidates_for, parse_forms
 from convslim.planner.closed_loop import deployed_bytes, measure_plan_speedup, search
@@ -39,6 +39,10 @@ from convslim.runtime.int8 import Calibration
 from convslim.runtime.targets import available_target
 
 __all__ = ["plan_budgeted", "check_budget", "parse_forms", "LatencyCache"]
+
+# a whole-model round of the closed loop is timed this many times longer than one candidate (0.3 s → 3 s, as
+# the report's own measurement)
+ROUND_SECONDS_FACTOR = 10
 
 
 def check_budget(target_speedup=None, target_macs=None, max_error=None) -> str:
@@ -82,7 +86,10 @@ def plan_budgeted(
     opset: int | None = None,
 ) -> Plan:
     """Measure every candidate of every conv of ``prepared`` on ``target`` (``cpu-int8``: in int8) and choose per
-    layer to meet the one budget given. Whole models are exported at ``opset``, as the pipeline will ship them."""
+    layer to meet the one budget given. Whole models are exported at ``opset``, as the pipeline will ship them.
+
+    ``seconds`` is the time spent timing each candidate; each whole-model round of the closed loop (speed
+    budgets) takes ``ROUND_SECONDS_FACTOR`` times as long, since it decides the final plan."""
     start = time.perf_counter()
     target = available_target(target)
     budget = check_budget(target_speedup, target_macs, max_error)
@@ -119,10 +126,10 @@ def plan_budgeted(
     layers, saved = build(chosen)
     rounds, measured = [], None
     if budget == "target_speedup":
-        loop = _Loop(prepared, target, batch, original_onnx, deploy_calibration, opset)
-        chosen, layers, saved, rounds, measured = _close_the_loop(
-            loop, table, need, target_speedup, base_s, build, progress
-        )
+        round_s = seconds * ROUND_SECONDS_FACTOR
+        loop = _Loop(prepared, target, batch, original_onnx, round_s, progress, deploy_calibration, opset)
+        goal = SpeedGoal(target_speedup, need, base_s)
+        chosen, layers, saved, rounds, measured = _close_the_loop(loop, goal, table, build)
     timings = layer_timings(layers)
     said = verdict(timings, rounds)
     if said is not None and chosen.choice:  # nothing measured faster as a whole: keep the model as it is
@@ -190,23 +197,35 @@ class _PlanBuilder:
 
 @dataclass
 class _Loop:
-    """What the closed loop measures with: the target, the batch, and the original as it was timed."""
+    """What the closed loop measures with: the target, the batch, the original as it was timed, and how long
+    each whole-model measurement takes."""
 
-    prepared: object
+    prepared: Prepared
     target: object
     batch: int
     original_onnx: bytes
+    seconds: float
+    progress: bool = False
     calibration: object = None
     opset: int | None = None
 
 
-def _close_the_loop(loop: _Loop, table, need, target, base_s, build, progress):
+@dataclass(frozen=True)
+class SpeedGoal:
+    """A speed budget: the target speedup, the saving (s) it asks of the selector, the original's time (s)."""
+
+    target: float
+    need: float
+    base_s: float
+
+
+def _close_the_loop(loop: _Loop, goal: SpeedGoal, table: dict, build: _PlanBuilder):
     """Search on whole-model measurements (see closed_loop); returns the winner and the rounds, each round with
     its speedup's spread and runs and the SHA-256 of the planned model it timed (the bytes the user receives)."""
     details: list[dict] = []
 
     def select_at(multiplier: float):
-        chosen = select(table, need=need * multiplier)
+        chosen = select(table, need=goal.need * multiplier)
         return (chosen, *build(chosen))
 
     def measure(layers) -> float:
@@ -216,6 +235,7 @@ def _close_the_loop(loop: _Loop, table, need, target, base_s, build, progress):
             loop.prepared.example_inputs,
             loop.batch,
             loop.target,
+            seconds=loop.seconds,
             original_model=loop.original_onnx,
             calibration=loop.calibration,
             opset=loop.opset,
@@ -227,8 +247,10 @@ def _close_the_loop(loop: _Loop, table, need, target, base_s, build, progress):
         blended = blend(table, slow[0], fast[0])
         return None if blended is None else (blended, *build(blended))
 
-    cap = max_multiplier(table, need)
-    (chosen, layers, saved), rounds = search(select_at, measure, target, base_s, progress, between, cap)
+    cap = max_multiplier(table, goal.need)
+    (chosen, layers, saved), rounds = search(
+        select_at, measure, goal.target, goal.base_s, loop.progress, between, cap
+    )
     for r, detail in zip(rounds, details, strict=True):
         r.update(detail)
     winner = next((r for r in rounds if r.get("chosen")), None)
@@ -244,10 +266,9 @@ def _gather(sites, forms, exclude, grid):
     per_layer: dict[str, list[Candidate]] = {}
     reasons: dict[str, list[str]] = {}
     for site in sites:
-        if any(site.name == e or site.name.startswith(e + ".") for e in exclude):
-            skipped[site.name] = "excluded by --exclude"
-        elif not site.calls:
-            skipped[site.name] = "never called on the example inputs"
+        reason = site_skip_reason(site, exclude)
+        if reason is not None:
+            skipped[site.name] = reason
         else:
             per_layer[site.name], reasons[site.name] = candidates_for(site, forms, grid)
     return skipped, per_layer, reasons

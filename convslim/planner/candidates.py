@@ -2,8 +2,9 @@
 
 The grid is planner policy, not form mechanism: for every form present in ``FORMS`` (and allowed by ``--to``)
 we take a few options (``GRID``), turn each into a concrete setting with ``form.settings_from_options`` and keep
-it when ``form.supports`` says yes. A form that raises on a conv (unfinished, or an option it rejects) only
-loses that candidate; the reason is kept so the plan can say why a layer was skipped.
+it when ``form.supports`` says yes. A form that rejects a grid option for a conv with a typed error
+(``ConvslimError``) only loses that candidate, and the reason is kept so the plan can say why a layer was
+skipped; any other exception is a bug in the form and stops planning.
 
 Example:
     >>> cands, reasons = candidates_for(site, ["dwsep"])
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convslim.convert import FORMS
-from convslim.core import ConvSite, dense_cost
-from convslim.errors import UsageError
+from convslim.core import ConvSite, dense_cost, no_saving_reason
+from convslim.errors import ConvslimError, UsageError
 
 # A few options per form: enough to span cheap/lossy to costly/accurate without measuring hundreds of layers.
 GRID: dict[str, list[dict[str, Any]]] = {
@@ -84,14 +85,12 @@ def candidates_for(
                 setting = form.settings_from_options(site, dict(options))
                 reason = form.supports(site, setting)
                 cost = form.cost(site, setting) if reason is None else None
-            except Exception as exc:  # noqa: BLE001  (a half-finished form must not break planning)
+            except ConvslimError as exc:  # a grid setting this conv cannot take; a bug still raises
                 reason = f"{type(exc).__name__}: {str(exc)[:120]}"
                 cost = None
+            reason = reason or no_saving_reason(dense, cost, json.dumps(options, sort_keys=True))
             if reason is not None:
                 reasons.append(f"{form_name}: {reason}")
-                continue
-            if cost.macs >= dense.macs:
-                reasons.append(f"{form_name} {options}: no MAC saving")
                 continue
             fingerprint = form_name + json.dumps(setting, sort_keys=True, default=str)
             if fingerprint in seen:  # e.g. rank 3 clipped to rank 2 on a small kernel

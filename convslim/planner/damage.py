@@ -28,6 +28,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from convslim.core import set_submodule
+from convslim.errors import ConvslimError
 from convslim.finetune.affine import linear_heads
 from convslim.finetune.reconstruct import fit_heads
 
@@ -103,7 +104,7 @@ def measure_damage(
         conv = modules[cand.layer]
         try:
             replacement = cand.build(conv)
-        except Exception as exc:  # noqa: BLE001
+        except ConvslimError as exc:  # a typed refusal; any other exception is a bug in the form and surfaces
             cand.measured["error"] = f"convert failed: {str(exc)[:120]}"
             continue
         if refit and runner is not None:
@@ -112,7 +113,7 @@ def measure_damage(
         try:
             out = _first(forward(cand.layer)).double()
             cand.measured["damage"] = float((out - reference).norm() / scale)
-        except Exception as exc:  # noqa: BLE001  (a replacement that cannot run in place loses its candidacy)
+        except RuntimeError as exc:  # torch's shape/dtype errors: a replacement that cannot run in place
             cand.measured["error"] = f"forward failed: {str(exc)[:120]}"
         finally:
             set_submodule(module, cand.layer, conv)

@@ -68,10 +68,12 @@ def test_convert_is_pure():
 
 
 def _plan_apply(model: nn.Module, x: torch.Tensor, **options):
+    """(prepared, the plan as built, the compressed model, notes)."""
     prepared = api.prepare(model, (x,))
     plan = api.plan(prepared, to="octave", **options)
     notes: list[str] = []
-    return prepared, plan, api.apply(prepared, plan, notes=notes), notes
+    compressed, as_built = api.rewrite(prepared, plan, notes=notes)
+    return prepared, as_built, compressed, notes
 
 
 @pytest.mark.parametrize("region", [True, False])

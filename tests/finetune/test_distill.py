@@ -68,11 +68,11 @@ def test_augment_keeps_shape_and_moves_pixels():
 def test_stage2_that_scores_below_stage1_returns_the_stage1_weights(tiny_compressed, tiny_data, monkeypatch):
     import convslim.finetune as ft
 
-    def wrecking_stage2(teacher, student, *args):
+    def wrecking_stage2(stage, heads):
         with torch.no_grad():
-            for param in student.parameters():
+            for param in stage.student.parameters():
                 param.copy_(torch.randn_like(param))  # what a far too high learning rate does
-        args[-1]["_wrapped"] = []
+        return ft.Stage2Result(best=None, wrapped=[], report={})
 
     monkeypatch.setattr(ft, "_stage2", wrecking_stage2)
     prepared, p, student = tiny_compressed

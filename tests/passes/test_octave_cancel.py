@@ -60,15 +60,16 @@ def _prepared(name: str):
 
 
 def wrapped_model(name: str, alpha: float = 0.5, coupled: bool = True):
-    """Per-conv wrapper graph; with ``coupled`` the region pass's channel assignment is applied to it."""
+    """Per-conv wrapper graph, example input, and each conv's setting; with ``coupled`` the region pass's channel
+    assignment is applied to the graph and its sets (``low_in``/``low_out``) are in the settings."""
     prepared, x = _prepared(name)  # tracing is the slow part: share it (every pass below copies)
     plan = api.plan(prepared, to="octave", alpha=alpha, octave_region=False)
     gm = apply_plan(prepared.traced.module, plan)
+    settings = {d.name: dict(d.setting) for d in plan.rewritten}
     if coupled:
-        for decision in plan.rewritten:
-            decision.setting.pop("low_in"), decision.setting.pop("low_out")
-        assign_channels_(gm, plan.rewritten)
-    return gm, x, plan
+        for conv, (low_in, low_out) in assign_channels_(gm, plan.rewritten).items():
+            settings[conv].update(low_in=low_in, low_out=low_out)
+    return gm, x, settings
 
 
 def max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
@@ -120,8 +121,7 @@ def test_cancellation_is_exact_for_any_channel_assignment(name, alpha, seed):
 
 
 def test_coupled_channels_agree_through_residual_adds():
-    _, _, plan = wrapped_model("resnet18 (1x1-conv shortcut)")
-    by_name = {d.name: d.setting for d in plan.rewritten}
+    _, _, by_name = wrapped_model("resnet18 (1x1-conv shortcut)")
     # layer2: the 1x1 shortcut and conv2 of block 0 write the stream block 1 reads
     stream = by_name["layer2.0.conv2"]["low_out"]
     assert by_name["layer2.0.downsample.0"]["low_out"] == stream
@@ -129,8 +129,7 @@ def test_coupled_channels_agree_through_residual_adds():
 
 
 def test_concat_space_is_the_inputs_side_by_side():
-    _, _, plan = wrapped_model("bn after add + concat")
-    s = {d.name: d.setting for d in plan.rewritten}
+    _, _, s = wrapped_model("bn after add + concat")
     assert s["down"]["low_in"] == s["a"]["low_out"] + [8 + c for c in s["b"]["low_out"]]
     assert s["stem"]["low_out"] == s["down"]["low_in"]  # coupled through the add with the concat
 
