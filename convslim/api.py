@@ -345,6 +345,9 @@ def nothing_rewritten(plan: Plan) -> str:
     reasons = [d.skipped_reason or "kept" for d in plan.layers]
     if not reasons:
         return "nothing to rewrite: the model has no Conv2d layer"
+    verdict = (plan.planning or {}).get("verdict")
+    if verdict:  # the budgeted planner measured and kept the model: say what it found
+        return f"nothing was rewritten: {verdict} (plan.json's layer_timings show each layer); nothing was written"
     first = plan.layers[0]
     return (
         f"nothing was rewritten: all {len(reasons)} convs were skipped (e.g. {first.name}: {first.skipped_reason}); "
