@@ -223,14 +223,14 @@ def _stage2(stage: Stage, heads: dict[str, list[nn.Conv2d] | None]) -> Stage2Res
     s, student = stage.settings, stage.student
     steps = s.steps if s.steps or s.minutes else DEFAULT_STEPS
     distributed.agree(stage.stop, stage.budget)  # split the time left on rank 0's clock
-    # a stage 1 that overran the budget leaves phase A a sliver, not a negative (unbounded) budget, which
+    # a stage 1 that overran the budget leaves phase A no time, not a negative (unbounded) budget, which
     # kept a loaded one-process run training until it was killed
     left = stage.seconds_left()
-    left = max(left, 1e-3) if left is not None else None
+    left = max(left, 0.0) if left is not None else None
     wrapped = wrap_all(student, heads, stage.calib, stage.device) if s.train_bn else []
     batches = _batches(stage.train, s, stage.gen, stage.device)
     frac = s.feature_fraction
-    phase_a = Budget(round(steps * frac) if steps else None, left * frac if left else None)
+    phase_a = Budget(round(steps * frac) if steps else None, left * frac if left is not None else None)
     args = (stage.teacher, student, stage.names, batches, s)
     blocks = feature_phase(*args, phase_a, stage.stop, s.progress) if frac > 0 else {}
     distributed.agree(stage.stop, stage.budget)

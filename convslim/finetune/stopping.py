@@ -75,8 +75,8 @@ class Budget:
         fractions = [0.0]
         if self.steps:
             fractions.append(self.done / self.steps)
-        if self.seconds:
-            fractions.append(self.elapsed() / self.seconds)
+        if self.seconds is not None:  # 0 s is a budget already spent, not an unbounded one
+            fractions.append(self.elapsed() / self.seconds if self.seconds > 0 else 1.0)
         return min(1.0, max(fractions))
 
     def left(self) -> bool:
