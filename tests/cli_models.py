@@ -3,6 +3,8 @@ ones a user gets wrong (a factory that raises, dict / tuple outputs, a branch on
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -74,3 +76,18 @@ def branchy() -> Branchy:
 
 def nested() -> Nested:
     return Nested()
+
+
+MODELS = Path(__file__).resolve()
+
+
+def arch(factory: str = "small") -> list[str]:
+    """The CLI's model flags for a factory of this file."""
+    return ["--arch", f"{MODELS}:{factory}", "--input-shape", "1,3,16,16"]
+
+
+def save_small(folder: Path) -> Path:
+    """A state_dict of ``Small`` saved in ``folder``, the model file the CLI tests pass."""
+    path = folder / "small.pt"
+    torch.save(Small().state_dict(), path)
+    return path

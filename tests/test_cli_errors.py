@@ -13,20 +13,12 @@ import torch
 import convslim
 from convslim.cli import main
 from convslim.errors import UsageError
-from tests.cli_models import Small
-
-MODELS = Path(__file__).resolve().parent / "cli_models.py"
-
-
-def arch(factory: str = "small") -> list[str]:
-    return ["--arch", f"{MODELS}:{factory}", "--input-shape", "1,3,16,16"]
+from tests.cli_models import Small, arch, save_small
 
 
 @pytest.fixture
 def weights(tmp_path) -> Path:
-    path = tmp_path / "small.pt"
-    torch.save(Small().state_dict(), path)
-    return path
+    return save_small(tmp_path)
 
 
 def fails_cleanly(capsys, argv: list[str], out: Path, message: str) -> str:

@@ -14,21 +14,14 @@ import torch
 
 from convslim.cli import main
 from convslim.report import Report, agrees
-from tests.cli_models import Small
+from tests.cli_models import arch, save_small
 
-MODELS = Path(__file__).resolve().parent / "cli_models.py"
 PLANNER_MODELS = Path(__file__).resolve().parent / "planner" / "test_planner.py"
-
-
-def arch(factory: str = "small") -> list[str]:
-    return ["--arch", f"{MODELS}:{factory}", "--input-shape", "1,3,16,16"]
 
 
 @pytest.fixture
 def weights(tmp_path) -> Path:
-    path = tmp_path / "small.pt"
-    torch.save(Small().state_dict(), path)
-    return path
+    return save_small(tmp_path)
 
 
 @pytest.fixture

@@ -4,28 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from ranks import trained_tiny  # the model the multi-process scenarios build too
 
 from convslim import apply, plan, prepare
 from convslim.data import ArrayData
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.block = nn.Sequential(
-            nn.Conv2d(8, 16, 3, padding=1, bias=False),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.Conv2d(16, 16, 3, padding=1, bias=False),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-        )
-        self.head = nn.Linear(16, 4)
-
-    def forward(self, x):
-        return self.head(self.block(self.stem(x)).mean((2, 3)))
 
 
 @pytest.fixture(autouse=True)
@@ -39,16 +21,7 @@ def _one_thread():
 
 @pytest.fixture
 def tiny():
-    torch.manual_seed(0)
-    model = Tiny()
-    with torch.no_grad():  # non-trivial BN statistics, so folding matters
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-        model.head.weight.mul_(20)  # logits spread like a trained classifier's
-    return model.eval()
+    return trained_tiny()
 
 
 @pytest.fixture
