@@ -12,6 +12,7 @@ import sys
 import torch
 
 from convslim.errors import UsageError
+from convslim.finetune import FinetuneSettings
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -93,14 +94,25 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
         "--finetune-steps", type=int, help="optimiser steps (default 1000 without --finetune-minutes)"
     )
     g.add_argument("--finetune-minutes", type=float, help="wall-time budget for the whole fine-tune")
-    g.add_argument("--batch-size", type=int, default=128, help="fine-tuning batch size")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, cosine schedule")
-    g.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"), help="optimiser")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
-    g.add_argument("--temperature", type=float, default=4.0, help="distillation temperature T")
-    g.add_argument("--ce-weight", type=float, default=1.0, help="weight of cross-entropy when labels exist")
-    g.add_argument("--feature-weight", type=float, default=0.0, help="end-to-end feature matching weight")
-    g.add_argument("--calibration-samples", type=int, default=1024, help="samples for stage 1")
+    d = FinetuneSettings()  # the one home of the recipe's defaults (see README "Fine-tuning recipe")
+    tuned = (
+        ("--batch-size", int, f"fine-tuning batch size (default {d.batch_size})"),
+        ("--lr", float, f"peak learning rate, cosine schedule (default {d.lr:g})"),
+        ("--weight-decay", float, f"weight decay (default {d.weight_decay:g})"),
+        ("--temperature", float, f"distillation temperature T (default {d.temperature:g})"),
+        ("--ce-weight", float, f"cross-entropy weight when labels exist (default {d.ce_weight:g})"),
+        ("--feature-weight", float, f"end-to-end feature matching weight (default {d.feature_weight:g})"),
+        ("--feature-fraction", float, f"share of stage 2 spent block-wise (default {d.feature_fraction:g})"),
+        (
+            "--mixup",
+            float,
+            f"mixup Beta(α, α) on inputs, targets from the teacher; 0: off (default {d.mixup:g})",
+        ),
+        ("--calibration-samples", int, f"samples for stage 1 (default {d.calibration_samples})"),
+    )
+    for flag, kind, text in tuned:
+        g.add_argument(flag, type=kind, help=text)
+    g.add_argument("--optimizer", choices=("adamw", "sgd"), help=f"optimiser (default {d.optimizer})")
     g.add_argument("--no-augment", action="store_true", help="no random crop + flip on image batches")
     g.add_argument("--seed", type=int, default=0, help="seed for data order and augmentation (default 0)")
 
@@ -141,20 +153,22 @@ def finetune_inputs(args: argparse.Namespace, model, inputs, sets: dict):
         sets.get("--val-data"),
         steps=args.finetune_steps,
         minutes=args.finetune_minutes,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        temperature=args.temperature,
-        ce_weight=args.ce_weight,
-        feature_weight=args.feature_weight,
-        calibration_samples=args.calibration_samples,
+        **recipe_settings(args),
         augment=not args.no_augment,
         seed=args.seed,
         device=args.device,
         progress=not args.quiet,
     )
     return hook, sets["--data"].x[:256].to(args.device)
+
+
+RECIPE = ("batch_size", "lr", "weight_decay", "temperature", "ce_weight", "feature_weight")
+RECIPE += ("feature_fraction", "mixup", "calibration_samples", "optimizer")
+
+
+def recipe_settings(args: argparse.Namespace) -> dict:
+    """The fine-tuning settings the user gave; the rest keep ``FinetuneSettings``' defaults."""
+    return {k: getattr(args, k) for k in RECIPE if getattr(args, k, None) is not None}
 
 
 def add_runtime_args(p: argparse.ArgumentParser, deploy: bool = True) -> None:

@@ -35,7 +35,7 @@ from convslim.errors import UsageError
 from convslim.finetune import distributed
 from convslim.finetune.affine import unwrap_all, wrap_all
 from convslim.finetune.distill import feature_phase, kd_phase
-from convslim.finetune.feed import as_source, augment, endless, evaluate, take
+from convslim.finetune.feed import as_source, augment, endless, evaluate, mixup, take
 from convslim.finetune.reconstruct import recalibrate_batchnorm, reconstruct
 from convslim.finetune.stopping import Budget, StopFlag, interruptible
 
@@ -58,6 +58,7 @@ class FinetuneSettings:
     feature_fraction: float = 0.5  # share of stage 2 spent block-wise (phase A)
     calibration_samples: int = 1024
     augment: bool = True
+    mixup: float = 0.0  # Beta(α, α) mixing of inputs; > 0 trains on the teacher's outputs alone (no labels)
     train_bn: bool = True
     evals: int = 4
     seed: int = 0
@@ -74,6 +75,8 @@ class FinetuneSettings:
             raise UsageError("--batch-size, --lr and --temperature must be positive")
         if self.optimizer not in ("adamw", "sgd"):
             raise UsageError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.mixup < 0:
+            raise UsageError(f"--mixup must be ≥ 0 (0: off), got {self.mixup}")
         if not 0 <= self.feature_fraction < 1:
             raise UsageError(f"feature_fraction must be in [0, 1), got {self.feature_fraction}")
 
@@ -252,6 +255,8 @@ def _batches(train, s, gen, device):
             continue
         x, y = distributed.shard(x, y)
         x = augment(x, own) if s.augment else x
+        if s.mixup > 0:  # the mixed image has no single label: the teacher's output is the target
+            x, y = mixup(x, own, s.mixup), None
         yield _layout(x.to(device), s), (None if y is None else y.to(device))
 
 

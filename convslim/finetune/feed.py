@@ -102,6 +102,22 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
     return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
 
 
+def mixup(x: torch.Tensor, generator: torch.Generator, alpha: float) -> torch.Tensor:
+    """Function matching's input (Beyer et al. 2022): each sample blended with another of the batch,
+    ``λ·x + (1−λ)·x[perm]`` with one λ ~ Beta(α, α) per sample. Teacher and student see the same mixed image,
+    and the teacher's output on it is the target, so no label is needed (the caller drops them)."""
+    if alpha <= 0 or len(x) < 2:
+        return x
+    beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+    # Beta.sample has no generator argument: draw its seed from ours so runs stay reproducible
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        lam = beta.sample((len(x),))
+    perm = torch.randperm(len(x), generator=generator)
+    lam = lam.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+    return lam * x + (1 - lam) * x[perm]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, teacher: nn.Module | None, source, device, batch_size: int = 500) -> float:
     """Top-1 against labels, or agreement with ``teacher`` (see module docstring). Model left in eval mode."""

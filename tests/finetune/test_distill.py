@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings, finetune
 from convslim.finetune.distill import blocks_of, kd_phase
-from convslim.finetune.feed import augment
+from convslim.finetune.feed import augment, mixup
 from convslim.finetune.stopping import Budget, StopFlag
 
 
@@ -63,6 +64,40 @@ def test_augment_keeps_shape_and_moves_pixels():
     assert out.shape == x.shape and not torch.equal(out, x)
     small = torch.randn(2, 3, 8, 8)
     assert augment(small, torch.Generator()) is small
+
+
+def test_mixup_blends_pairs_of_samples_of_the_batch():
+    x = torch.stack([torch.full((3, 4, 4), float(i)) for i in range(8)])
+    out = mixup(x, torch.Generator().manual_seed(0), alpha=1.0)
+    assert out.shape == x.shape and not torch.equal(out, x)
+    # each sample is λ·x_i + (1−λ)·x_j: constant per sample and within the batch's range
+    assert torch.allclose(out, out[:, :1, :1, :1].expand_as(out))
+    assert out.min() >= 0 and out.max() <= 7
+    assert mixup(x, torch.Generator(), alpha=0.0) is x
+
+
+def test_mixup_batches_carry_no_labels_so_the_teacher_is_the_target(tiny_data):
+    from convslim.finetune import _batches
+
+    s = FinetuneSettings(batch_size=16, mixup=0.4, augment=False, channels_last=False)
+    x, y = next(_batches(tiny_data, s, torch.Generator().manual_seed(0), torch.device("cpu")))
+    assert y is None and x.shape == (16, 3, 16, 16)
+    plain = FinetuneSettings(batch_size=16, augment=False, channels_last=False)
+    x0, y0 = next(_batches(tiny_data, plain, torch.Generator().manual_seed(0), torch.device("cpu")))
+    assert y0 is not None and not torch.equal(x, x0)  # same batch order, mixed images
+
+
+def test_finetune_with_mixup_recovers_a_damaged_model(tiny_compressed, tiny_data):
+    prepared, p, student = tiny_compressed
+    with torch.no_grad():
+        for param in student.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    hook = finetune(tiny_data, tiny_data, steps=30, batch_size=32, lr=3e-3, mixup=0.4, progress=False)
+    _, report = hook(prepared, student, p)
+    assert report["accuracy"]["stage2"] >= report["accuracy"]["compressed"]
+    assert report["settings"]["mixup"] == 0.4
+    with pytest.raises(UsageError, match="--mixup"):
+        finetune(tiny_data, steps=3, mixup=-1.0)
 
 
 def test_stage2_that_scores_below_stage1_returns_the_stage1_weights(tiny_compressed, tiny_data, monkeypatch):
