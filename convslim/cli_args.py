@@ -111,8 +111,13 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
         ("--calibration-samples", int, f"samples for stage 1 (default {d.calibration_samples})"),
     )
     for flag, kind, text in tuned:
-        g.add_argument(flag, type=kind, help=text)
-    g.add_argument("--optimizer", choices=("adamw", "sgd"), help=f"optimiser (default {d.optimizer})")
+        g.add_argument(flag, type=kind, default=getattr(d, flag[2:].replace("-", "_")), help=text)
+    g.add_argument(
+        "--optimizer",
+        choices=("adamw", "sgd"),
+        default=d.optimizer,
+        help=f"optimiser (default {d.optimizer})",
+    )
     g.add_argument("--no-augment", action="store_true", help="no random crop + flip on image batches")
     g.add_argument("--seed", type=int, default=0, help="seed for data order and augmentation (default 0)")
 
