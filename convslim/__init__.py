@@ -19,6 +19,7 @@ from convslim.api import (
 from convslim.convert import FORMS, get_form, register_form
 from convslim.errors import ConvslimError, ModelLoadError, PlanError, UsageError
 from convslim.plan import Plan
+from convslim.sweep import SweepResult, SweepSettings, sweep
 from convslim.version import __version__ as __version__
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "Plan",
     "PlanError",
     "Prepared",
+    "SweepResult",
+    "SweepSettings",
     "UsageError",
     "apply",
     "compress",
@@ -39,4 +42,5 @@ __all__ = [
     "prepare",
     "register_form",
     "rewrite",
+    "sweep",
 ]

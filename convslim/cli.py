@@ -1,5 +1,5 @@
-"""Command line: ``convslim compress``, ``finetune``, ``plan`` and ``inspect``. Thin: parse, then one call into the
-library. ``compress`` and ``finetune`` join the torchrun process group when torchrun launched them.
+"""Command line: ``convslim compress``, ``finetune``, ``plan``, ``inspect`` and ``sweep``. Thin: parse, then one
+call into the library. ``compress`` and ``finetune`` join the torchrun process group when torchrun launched them.
 
 Each subcommand is one entry in ``COMMANDS`` (a function that adds its arguments, a function that runs it), so a
 new subcommand is one new entry. The "form settings" group is built from the registered forms' ``Option``s, so
@@ -19,9 +19,12 @@ from pathlib import Path
 
 from convslim.cli_args import (
     add_budget_args,
+    add_check_args,
+    add_exclude_arg,
     add_finetune_args,
     add_form_args,
     add_model_args,
+    add_output_args,
     add_runtime_args,
     budget_options,
     data_sets,
@@ -68,16 +71,8 @@ def _compress_args(c: argparse.ArgumentParser) -> None:
     add_model_args(c)
     add_form_args(c)
     c.add_argument("--plan", help="apply this plan.json instead of planning")
-    c.add_argument(
-        "--out", required=True, help="output folder (created; must not hold files unless --overwrite)"
-    )
-    c.add_argument(
-        "--overwrite", action="store_true", help="replace the output folder, removing what it holds"
-    )
-    c.add_argument("--tolerance", type=float, default=1e-4, help="ONNX parity: max abs err / output scale")
-    c.add_argument("--batch-sizes", default="1,32", help="batch sizes to time")
-    c.add_argument("--no-speed", action="store_true", help="skip latency measurement")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_args(c)
+    add_check_args(c)
     add_finetune_args(c)
     add_budget_args(c)
     add_runtime_args(c)
@@ -151,14 +146,8 @@ def _finetune_args(f: argparse.ArgumentParser) -> None:
         "source", metavar="OUT_DIR", help="folder written by convslim compress (plan.json + weights)"
     )
     add_model_args(f)
-    f.add_argument(
-        "--out", required=True, help="output folder (created; must not hold files unless --overwrite)"
-    )
-    f.add_argument("--overwrite", action="store_true", help="replace the output folder")
-    f.add_argument("--tolerance", type=float, default=1e-4, help="ONNX parity: max abs err / output scale")
-    f.add_argument("--batch-sizes", default="1,32", help="batch sizes to time")
-    f.add_argument("--no-speed", action="store_true", help="skip latency measurement")
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_args(f)
+    add_check_args(f)
     add_finetune_args(f)
     add_runtime_args(f)
 
@@ -314,6 +303,63 @@ def _inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- sweep ----------------------------------------------------------------------------------------------------
+SWEEP_EXAMPLE = """example:
+  convslim sweep resnet20.th --arch convslim.models:resnet20 --input-shape 1,3,32,32 \\
+      --targets 1.5,2,2.5,3 --data train.npz --val-data val.npz --finetune-minutes 5 --out sweep/"""
+
+
+def _sweep_args(s: argparse.ArgumentParser) -> None:
+    add_model_args(s)
+    s.add_argument(
+        "--targets", required=True, help="target speedups, one compress --to auto each: 1.5,2,2.5,3"
+    )
+    add_exclude_arg(s)
+    add_output_args(s)
+    add_check_args(s)
+    add_finetune_args(s)
+    add_budget_args(s, limits=False)
+    add_runtime_args(s)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from convslim.outputs import CLI_WORDS, check_output_dir
+    from convslim.sweep import SweepSettings, check_targets, sweep
+
+    if not args.data:
+        raise UsageError("sweep needs --data (the training data): each point is fine-tuned and scored")
+    targets = check_targets(args.targets.split(","))
+    check_output_dir(args.out, inputs=[args.model], overwrite=args.overwrite, words=CLI_WORDS)
+    batch_sizes = parse_batch_sizes(args.batch_sizes)
+    model, inputs = load_model_and_inputs(args)
+    sets = data_sets(args, model, inputs)
+    hook, calibration = finetune_inputs(args, model, inputs, sets)
+    options = {"finetune": hook, "calibration": calibration, "deploy": deploy_settings(args, sets)}
+    options.update(exclude=args.exclude, progress=not args.quiet, record=_run_record(args))
+    options.update(measure_speed=not args.no_speed, batch_sizes=batch_sizes, tolerance=args.tolerance)
+    settings = SweepSettings(targets, args.out, args.overwrite, args.plan_batch, options, quiet=args.quiet)
+    try:
+        result = sweep(model, inputs, settings)
+    except KeyboardInterrupt:
+        print(f"convslim: interrupted; the finished points are in {args.out}/sweep.json", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return _sweep_exit(result, args.out)
+
+
+def _sweep_exit(result, out: str) -> int:
+    """0 when a point succeeded; else 128 + signal (a fine-tune stopped by one), 1 (only verification
+    failures) or 2 (every point failed with a convslim error)."""
+    print(f"convslim: {len(result.succeeded)} of {len(result.points)} sweep point(s) ok → {out}/sweep.md")
+    if "sweep.png" not in result.files:
+        print("convslim: pip install convslim[plot] for sweep.png", file=sys.stderr)
+    if result.stopped_by:
+        return 128 + getattr(signal, result.stopped_by, signal.SIGINT)
+    if result.succeeded:
+        return EXIT_OK
+    print(f"convslim: error: no point of the sweep succeeded; see {out}/sweep.md", file=sys.stderr)
+    return EXIT_VERIFY_FAILED if any(p.status == "verification failed" for p in result.points) else EXIT_USAGE
+
+
 # --- the command table ----------------------------------------------------------------------------------------
 COMMANDS = {
     "compress": (
@@ -339,6 +385,12 @@ COMMANDS = {
         _inspect_args,
         _inspect,
         INSPECT_EXAMPLE,
+    ),
+    "sweep": (
+        "compress --to auto once per target speedup; a table and a plot of accuracy vs measured speedup",
+        _sweep_args,
+        _sweep,
+        SWEEP_EXAMPLE,
     ),
 }
 

@@ -71,7 +71,29 @@ def add_form_args(p: argparse.ArgumentParser) -> None:
             if choices:
                 kwargs["choices"] = choices
         g.add_argument(option.flag, **kwargs)
+    add_exclude_arg(g)
+
+
+def add_exclude_arg(g) -> None:
     g.add_argument("--exclude", action="append", default=[], help="layer name (or prefix) to leave alone")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--out", required=True, help="output folder (created; must not hold files unless --overwrite)"
+    )
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace the output folder, removing what it holds"
+    )
+
+
+def add_check_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("verification and timing")
+    g.add_argument("--tolerance", type=float, default=1e-4, help="ONNX parity: max abs err / output scale")
+    g.add_argument("--batch-sizes", default="1,32", help="batch sizes to time")
+    g.add_argument("--no-speed", action="store_true", help="skip latency measurement")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def form_options(args: argparse.Namespace) -> dict:
@@ -234,14 +256,17 @@ def deploy_settings(args: argparse.Namespace, sets: dict):
     )
 
 
-def add_budget_args(p: argparse.ArgumentParser) -> None:
+def add_budget_args(p: argparse.ArgumentParser, limits: bool = True) -> None:
+    """The budget flags; ``limits=False``: only ``--plan-batch`` (for a caller that sets the budget itself)."""
     g = p.add_argument_group("budget (per-layer planning on measured ORT latency; use --to auto or --to a,b)")
+    g.add_argument("--plan-batch", type=int, default=32, help="batch size layers are timed at")
+    if not limits:
+        return
     g.add_argument(
         "--target-speedup", type=float, help="predicted whole-model ORT speedup to reach, e.g. 2.5"
     )
     g.add_argument("--target-macs", type=float, help="fraction of the original conv MACs to keep, e.g. 0.4")
     g.add_argument("--max-error", type=float, help="largest predicted relative output error, e.g. 0.1")
-    g.add_argument("--plan-batch", type=int, default=32, help="batch size layers are timed at")
 
 
 def budget_options(args: argparse.Namespace) -> dict:

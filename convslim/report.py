@@ -122,13 +122,22 @@ class Report:
         """The ORT speedup measured after applying, at the batch the plan was made for (None if not timed)."""
         if not self.planning:
             return None
-        if self.planning.get("precision") == "int8":  # planned on int8 models: compare the int8 pair
-            entry = ((self.deploy or {}).get("speed") or {}).get(str(self.planning.get("batch"))) or {}
-            vs = entry.get("speedup", {}).get("vs_original_int8", {}).get("compressed_int8")
-            return vs["speedup"] if vs else None
-        provider = "ort_cuda" if "CUDA" in self.planning.get("provider", "") else "ort_cpu"
-        entry = self.speed.get(provider, {}).get(str(self.planning.get("batch")))
-        return entry["speedup"] if isinstance(entry, dict) and "speedup" in entry else None
+        return self.speedups().get(str(self.planning.get("batch")))
+
+    def speedups(self) -> dict[str, float]:
+        """The measured ORT speedup at each timed batch size, for the pair a plan was made on: the int8 pair when
+        it planned in int8, the CUDA pair when it planned on CUDA, else the fp32 pair on CPU ({} if not timed)."""
+        planning = self.planning or {}
+        if planning.get("precision") == "int8":
+            speed = (self.deploy or {}).get("speed") or {}
+            pairs = {
+                b: e.get("speedup", {}).get("vs_original_int8", {}).get("compressed_int8")
+                for b, e in speed.items()
+            }
+            return {b: v["speedup"] for b, v in pairs.items() if v}
+        provider = "ort_cuda" if "CUDA" in planning.get("provider", "") else "ort_cpu"
+        entries = self.speed.get(provider, {}).items()
+        return {b: e["speedup"] for b, e in entries if isinstance(e, dict) and "speedup" in e}
 
     def planning_line(self) -> str:
         p = self.planning
