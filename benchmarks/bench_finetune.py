@@ -23,7 +23,7 @@ from common import cifar_arrays, cifar_model, markdown_table, top1
 
 from convslim import FORMS, compress
 from convslim.data import ArrayData
-from convslim.finetune import finetune
+from convslim.finetune import FinetuneSettings, finetune
 from convslim.plan import Plan
 
 # a setting per form that is cheaper than the original (dwsep: ≥2.5x measured at batch 32 on ResNet-20;
@@ -50,6 +50,7 @@ def run_one(
     model = cifar_model(name)
     xt, yt = cifar_arrays("train10k")
     xv, yv = cifar_arrays("val5k")
+    measure_speed = settings.pop("measure_speed", True)
     hook = finetune(
         ArrayData(xt, yt), ArrayData(xv, yv), minutes=minutes, seed=seed, evals=1, progress=False, **settings
     )
@@ -62,6 +63,7 @@ def run_one(
         finetune=hook,
         exclude=exclude,
         plan=plan,
+        measure_speed=measure_speed,
         **options,
     )
     ft = result.report.finetune
@@ -85,6 +87,13 @@ def run_one(
     }
 
 
+def ablation_setting(text: str) -> tuple[str, object]:
+    """'lr=4e-3' -> ('lr', 0.004), typed like the FinetuneSettings field's default."""
+    key, _, value = text.partition("=")
+    default = getattr(FinetuneSettings(), key)
+    return key, value if isinstance(default, str) else type(default or 0.0)(float(value))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet20", choices=("resnet20", "resnet32"))
@@ -94,12 +103,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plan", help="apply this plan.json (e.g. from `convslim plan --to auto`) instead")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--feature-fraction", type=float, help="share of stage 2 spent block-wise")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a FinetuneSettings field for the ablation, e.g. --set lr=4e-3 --set optimizer=sgd",
+    )
+    parser.add_argument("--no-speed", action="store_true", help="skip the ORT speed measurement")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = {k: getattr(args, k) for k in ("lr", "batch_size", "feature_fraction") if getattr(args, k)}
+    settings = dict(ablation_setting(text) for text in args.set)
+    if args.no_speed:
+        settings["measure_speed"] = False
     plan = Plan.from_json(Path(args.plan).read_text(), args.plan) if args.plan else None
     rows = []
     for form in ["plan"] if plan else args.forms.split(","):

@@ -35,6 +35,7 @@ from convslim.api import compress
 from convslim.errors import ConvslimError, UsageError
 from convslim.outputs import atomic_write_bytes, atomic_write_text, check_output_dir
 from convslim.report import Report
+from convslim.runtime.deploy import int8_original
 
 FIXED = {
     "to",
@@ -63,6 +64,7 @@ class SweepSettings:
     plan_batch: int = 32
     compress_options: Mapping[str, Any] = field(default_factory=dict)
     quiet: bool = False
+    int8_reference: bool = True  # under fp32 on CPU, also quantize and time the original ("just quantize")
 
 
 @dataclass
@@ -119,7 +121,7 @@ def sweep(model: nn.Module, example_inputs, settings: SweepSettings) -> SweepRes
             raise
         result.points.append(point)
         if report is not None and not result.references:
-            result.references = references(report)
+            result.references = references(report) + int8_reference(point, example_inputs, settings)
         if point.status == "interrupted":
             result.stopped_by = (report.finetune or {}).get("stopped_by") or "SIGINT"
         write_summary(out, result)
@@ -192,6 +194,18 @@ def references(report: Report) -> list[dict]:
             }
         )
     return refs
+
+
+def int8_reference(point: SweepPoint, example_inputs, settings: SweepSettings) -> list[dict]:
+    """Under the fp32 ``cpu`` runtime, the original quantized by the ``cpu-int8`` target, scored and timed
+    against the fp32 original at the planning batch (``runtime.deploy.int8_original``): the point a user gets
+    from "just quantize". Needs calibration images (``deploy.calibration``); none without them."""
+    deploy = settings.compress_options.get("deploy")
+    usable = deploy is not None and deploy.runtime == "cpu" and deploy.calibration is not None
+    exported = point.folder is not None and (Path(point.folder) / "original.onnx").is_file()
+    if not (settings.int8_reference and usable and exported and point.measured_speedup):
+        return []
+    return [int8_original(Path(point.folder), deploy, tuple(example_inputs), settings.plan_batch)]
 
 
 def check_targets(targets: Sequence[float]) -> tuple[float, ...]:

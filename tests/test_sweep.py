@@ -91,7 +91,14 @@ def test_each_target_is_a_compress_point_in_the_table(swept):
         assert p["speedups"].keys() == {"4"} and p["macs_fraction"] < 1 and p["metric"] == "top1"
         assert 0 <= p["accuracy"] <= 1 and p["minutes"] > 0
     if ok:
-        assert summary["references"][0]["name"] == "original" and summary["references"][0]["speedup"] == 1.0
+        original, int8 = summary["references"]  # "just quantize": the original in int8, scored and timed
+        assert original["name"] == "original" and original["speedup"] == 1.0
+        assert int8["name"] == "original int8" and int8["speedup"] > 0 and int8["batch"] == 4
+        assert 0 <= int8["accuracy"] <= 1 and int8["fp32_accuracy"] == original["accuracy"]
+        assert (
+            f"original int8: {int8['accuracy']:.2%} top1 at {int8['speedup']:.2f}x"
+            in (swept.out / "sweep.md").read_text()
+        )
     table = (swept.out / "sweep.md").read_text()
     assert "| target | speedup @ batch 4 | top1 | MACs | minutes | status |" in table or not ok
     assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| 1.")] == ["1.5x"]

@@ -12,7 +12,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -141,3 +142,32 @@ def legacy_pair(entry: dict) -> dict:
     if "warning" in entry:
         pair["warning"] = entry["warning"]
     return pair
+
+
+def int8_original(folder: Path, settings: DeploySettings, example_inputs: tuple, batch: int) -> dict:
+    """What "just quantize" gives: ``folder``'s ``original.onnx`` in int8 (the ``cpu-int8`` target, on
+    ``settings.calibration``), its accuracy beside the fp32 original's, and its speedup over it at ``batch``,
+    timed together. The quantized file lives in a scratch directory; only the numbers are returned.
+
+    Example:
+        >>> int8_original(Path("out/speedup-2"), DeploySettings(calibration=calib), (x,), 32)["speedup"]
+    """
+    int8 = replace(settings, runtime="cpu-int8")
+    target = int8.target()
+    with tempfile.TemporaryDirectory(prefix="convslim-int8-") as scratch:
+        deployed = target.deploy(
+            folder / FILES["original_fp32"], Path(scratch) / "original.int8.onnx", int8.calibration
+        )
+        models = {"original_fp32": folder / FILES["original_fp32"], "original_int8": deployed.path}
+        scores = accuracy(models, int8) or {}
+        timed = measure_models(models, example_inputs, [batch], target, settings.timing)[str(batch)]
+        ratio = compare(timed["original_fp32"], timed["original_int8"])
+    return {
+        "name": "original int8",
+        "speedup": ratio["speedup"],
+        "speedup_iqr": ratio.get("speedup_iqr"),
+        "batch": batch,
+        "accuracy": scores.get("original_int8"),
+        "fp32_accuracy": scores.get("original_fp32"),
+        "kept_fp32": deployed.info.get("excluded", []),
+    }
