@@ -76,6 +76,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds of the stopwatch timing")
     parser.add_argument("--batch-sizes", default="1,32")
     parser.add_argument("--quick", action="store_true", help="smoke run: resnet20, dwsep r1, short blocks")
+    parser.add_argument("--no-uniform", action="store_true", help="skip the uniform dwsep r1 row")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="cold+warm pairs per target, each on a new cache"
+    )
     args = parser.parse_args()
     if args.quick:
         args.models, args.targets, args.block, args.rounds, args.batch_sizes = "resnet20", "", 0.1, 2, "2"
@@ -84,12 +88,16 @@ def main() -> None:
     calibration = cifar_arrays("train10k")[0][:64]
     rows = []
     for name in args.models.split(","):
-        with tempfile.TemporaryDirectory(prefix="convslim-cache-") as cache:
-            rows += run_one(name, "dwsep r1", args, calibration, Path(cache), to="dwsep", rank=1)
-        for target in (float(t) for t in args.targets.split(",") if t):
+        if not args.no_uniform:
+            with tempfile.TemporaryDirectory(prefix="convslim-cache-") as cache:
+                rows += run_one(name, "dwsep r1", args, calibration, Path(cache), to="dwsep", rank=1)
+        targets = [float(t) for t in args.targets.split(",") if t]
+        for target, repeat in ((t, r) for t in targets for r in range(args.repeat)):
             with tempfile.TemporaryDirectory(prefix="convslim-cache-") as cache:
                 for state in ("cold", "warm"):  # a fresh cache, then the same one filled
-                    label = f"auto {target}x ({state} cache)"
+                    label = (
+                        f"auto {target}x ({state} cache{f', run {repeat + 1}' if args.repeat > 1 else ''})"
+                    )
                     rows += run_one(
                         name, label, args, calibration, Path(cache), to="auto", target_speedup=target
                     )

@@ -29,6 +29,7 @@ from convslim.runtime.deploy import (
     deploy_models,
     int8_warnings,
     legacy_pair,
+    recommendation,
     speed_table,
 )
 from convslim.runtime.export import export_model, file_sha256, fixed_input_shape, op_counts
@@ -176,6 +177,9 @@ def _measure(models: dict, example, batch_sizes, report: Report, settings: Verif
     deploy = settings.deploy
     table = speed_table(models, example, batch_sizes, deploy, settings.progress)
     report.deploy["speed"] = table
+    advice = recommendation(table, report.deploy.get("accuracy"))
+    if advice:
+        report.deploy["recommended"] = advice
     report.speed["ort_cpu"] = {b: legacy_pair(entry) for b, entry in table.items()}
     for name in ("cuda", "tensorrt") if deploy.target().name in ("cuda", "tensorrt") else ("cuda",):
         reason = get_target(name).unavailable()

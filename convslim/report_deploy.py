@@ -33,6 +33,9 @@ def deploy_lines(deploy: dict[str, Any] | None) -> list[str]:
             if name.startswith("compressed") or ref == "vs_original_fp32"
         ]
         lines.append(f"  {deploy['runtime']} batch {batch}: " + ", ".join(parts) + "; " + ", ".join(speed))
+    advice = deploy.get("recommended")
+    if advice:
+        lines.append(f"  deploy {advice['file']}: {advice['why']}")
     for model, item in (deploy.get("int8") or {}).items():
         for entry in item.get("excluded", []):
             lines.append(
@@ -71,6 +74,9 @@ def deploy_markdown(deploy: dict[str, Any] | None) -> list[str]:
             )
         if "warning" in entry:
             out.append(f"\n{entry['warning']}")
+    advice = deploy.get("recommended")
+    if advice:
+        out += ["", f"**Deploy `{advice['file']}`**: {advice['why']}."]
     for kind, item in (deploy.get("int8") or {}).items():
         out += ["", f"### int8 ({kind})", "", f"Settings: {item['settings']}", ""]
         out.append(f"{item['quantized_nodes']} of {item['int8_nodes_total']} conv/linear nodes in int8.")

@@ -251,8 +251,10 @@ def _close_the_loop(loop: _Loop, goal: SpeedGoal, table: dict, build: _PlanBuild
     (chosen, layers, saved), rounds = search(
         select_at, measure, goal.target, goal.base_s, loop.progress, between, cap
     )
-    for r, detail in zip(rounds, details, strict=True):
-        r.update(detail)
+    measured = iter(details)  # one detail per measurement; a confirmed round was measured twice
+    for r in rounds:
+        taken = [next(measured) for _ in r["measurements"]]
+        r.update(taken[-1], runs=sum(d["runs"] for d in taken))
     winner = next((r for r in rounds if r.get("chosen")), None)
     return chosen, layers, saved, rounds, (winner["measured_speedup"] if winner else None)
 

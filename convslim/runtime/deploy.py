@@ -171,3 +171,31 @@ def int8_original(folder: Path, settings: DeploySettings, example_inputs: tuple,
         "fp32_accuracy": scores.get("original_fp32"),
         "kept_fp32": deployed.info.get("excluded", []),
     }
+
+
+def recommendation(speed: dict, scores: dict | None) -> dict | None:
+    """Which compressed file to ship for an int8 target, and why: ``model.int8.onnx`` unless it lost more than
+    ``INT8_WARN_DROP`` against ``model.onnx`` or measured slower than it at every timed batch size (on CPUs
+    without VNNI, int8 depthwise and narrow pointwise convs often are). None without an int8 twin.
+
+    Example:
+        >>> recommendation(report.deploy["speed"], report.deploy["accuracy"])["file"]
+        'model.onnx'
+    """
+    timed = {b: e["speedup"]["vs_original_fp32"] for b, e in speed.items()}
+    if not timed or any("compressed_int8" not in v for v in timed.values()):
+        return None
+    fp32, int8 = FILES["compressed_fp32"], FILES["compressed_int8"]
+    pairs = ", ".join(
+        f"batch {b}: {v['compressed_int8']['speedup']:.2f}x int8 vs {v['compressed_fp32']['speedup']:.2f}x fp32"
+        for b, v in timed.items()
+    )
+    drop = (scores or {}).get("compressed_fp32", 0.0) - (scores or {}).get("compressed_int8", 0.0)
+    if scores and drop > INT8_WARN_DROP:
+        return {"file": fp32, "why": f"{int8} lost {100 * drop:.1f} pt {scores['metric']} against {fp32}"}
+    if all(v["compressed_int8"]["speedup"] < v["compressed_fp32"]["speedup"] for v in timed.values()):
+        return {
+            "file": fp32,
+            "why": f"int8 measured slower than fp32 for this model on this CPU ({pairs} over the fp32 original)",
+        }
+    return {"file": int8, "why": f"measured over the fp32 original: {pairs}"}

@@ -34,7 +34,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from convslim.errors import UsageError
 from convslim.runtime.int8_speed import slower_nodes
-from convslim.runtime.quantize import TYPES, quantize_nodes
+from convslim.runtime.quantize import TYPES, fp32_glue, quantize_nodes
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def quantize(
     resolved = settings.resolved()
     with tempfile.TemporaryDirectory(prefix="convslim-int8-") as scratch:
         pre = Path(scratch) / "pre.onnx"
-        note = preprocess(fp32_path, pre)
+        notes = [n for n in [preprocess(fp32_path, pre)] if n]
         model = onnx.load(str(pre))
         kinds = node_kinds(model)
         attempt = _Attempt(user_exclusions(kinds, model, settings.exclude))
@@ -195,13 +195,19 @@ def quantize(
                 pre, out_path, calibration, resolved, attempt, kinds, fp32_session, session_for
             )
     excluded = [{"node": n, "kind": kinds.get(n, "?"), "reason": r} for n, r in attempt.excluded.items()]
+    glue = fp32_glue(model, set(attempt.excluded))
+    if glue:
+        ops = sorted({n.op_type for n in model.graph.node if n.name in set(glue)})
+        note = f"{len(glue)} node(s) ({', '.join(ops)}) touch no int8 node and stay in fp32 with their neighbours"
+        notes.append(note)
     return {
         "settings": resolved,
         "quantized_nodes": len(kinds) - len(attempt.excluded),
         "int8_nodes_total": len(kinds),
         "excluded": excluded,
         "check": attempt.score,
-        "notes": [note] if note else [],
+        "fp32_glue": glue,
+        "notes": notes,
     }
 
 

@@ -101,6 +101,8 @@ def test_int8_report_has_four_models(files, tmp_path, capsys):
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == deploy["onnx_sha256"][name]
     assert set(deploy["int8"]) == {"original", "compressed"}
     assert "agreement with original_fp32" in terminal and "vs orig int8" in terminal
+    assert deploy["recommended"]["file"] in ("model.onnx", "model.int8.onnx")
+    assert f"deploy {deploy['recommended']['file']}: " in terminal
 
 
 def test_static_shape_and_opset(files, tmp_path):

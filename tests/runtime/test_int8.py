@@ -119,3 +119,23 @@ def test_time_node_gives_a_ratio(tiny_onnx):
     node = next(n for n in model.graph.node if n.op_type == "Conv")
     ratio = int8_speed.time_node(model, node, [3, 12, 12], 2, Int8Settings().resolved(), seconds=0.05)
     assert ratio is None or ratio > 0
+
+
+def test_as_shipped_keeps_what_deploy_keeps_in_fp32(tiny_onnx, tmp_path, monkeypatch):
+    """The planner's whole-model rounds time the graph the user receives: the conv int8 'measures' slower stays
+    fp32 there too, while a micro-model (per-layer timing) quantizes every node."""
+    from convslim.runtime import int8_speed
+
+    def fake_time(model, node, shape, batch, resolved, seconds):
+        return 1.5 if node_kinds(model)[node.name] == "depthwise conv" else 0.7
+
+    monkeypatch.setattr(int8_speed, "time_node", fake_time)
+    monkeypatch.setattr(int8_speed, "_MEMO", {})
+    target = get_target("cpu-int8").with_settings(Int8Settings(calibration_batch=2))
+    fp32 = tiny_onnx.read_bytes()
+    shipped, micro = tmp_path / "shipped.onnx", tmp_path / "micro.onnx"
+    shipped.write_bytes(target.deploy_bytes(fp32, as_shipped=True))
+    micro.write_bytes(target.deploy_bytes(fp32))
+    kinds = node_kinds(onnx.load(str(shipped)))  # an fp32 conv keeps its float weight, so its kind shows
+    assert {kinds[n] for n in _fp32_weight_convs(shipped)} == {"depthwise conv"}
+    assert _fp32_weight_convs(micro) == set()

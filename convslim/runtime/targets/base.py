@@ -49,8 +49,9 @@ class Target:
         """The model this target runs, made from the exported fp32 model (fp32 targets run it as is)."""
         return Deployed(Path(fp32_path))
 
-    def deploy_bytes(self, fp32_model: bytes, calibration=None) -> bytes:
-        """``deploy`` for a model held in memory (the planner's micro-models)."""
+    def deploy_bytes(self, fp32_model: bytes, calibration=None, as_shipped: bool = False) -> bytes:
+        """``deploy`` for a model held in memory: the planner's micro-models, and with ``as_shipped`` its
+        whole-model rounds (then as ``deploy`` would ship it, as far as that needs no held-out images)."""
         return fp32_model
 
     @property

@@ -5,6 +5,7 @@ Runtime's CPU execution provider. Needs calibration images (``--data`` or ``--ca
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,17 +39,24 @@ class CpuInt8(Target):
         info = quantize(Path(fp32_path), Path(out_path), calibration, self.settings, self.session)
         return Deployed(Path(out_path), info)
 
-    def deploy_bytes(self, fp32_model: bytes, calibration: Calibration | None = None) -> bytes:
-        """Quantize a micro-model; without calibration it calibrates on seeded normal inputs (latency only)."""
+    def deploy_bytes(
+        self, fp32_model: bytes, calibration: Calibration | None = None, as_shipped: bool = False
+    ) -> bytes:
+        """Quantize a model held in memory; without calibration it calibrates on seeded normal inputs (latency
+        only). Micro-models (the planner's per-layer timings) get every node in int8. ``as_shipped`` (the
+        planner's whole-model rounds) keeps in fp32 what ``deploy`` keeps there for speed or at the user's
+        request, so the planner times the graph the user receives; the accuracy fallback, which needs held-out
+        images, is ``deploy``'s alone."""
         with tempfile.TemporaryDirectory(prefix="convslim-int8-") as scratch:
             src, dst = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
             src.write_bytes(fp32_model)
             if calibration is None:
                 calibration = Calibration(_random_like(self.session(fp32_model)))
-            quick = Int8Settings(
-                **{**vars(self.settings), "auto_exclude": False, "speed_check": False, "exclude": ()}
-            )
-            quantize(src, dst, calibration, quick, self.session)
+            if as_shipped:
+                settings = replace(self.settings, auto_exclude=False)
+            else:
+                settings = replace(self.settings, auto_exclude=False, speed_check=False, exclude=())
+            quantize(src, dst, calibration, settings, self.session)
             return dst.read_bytes()
 
 
