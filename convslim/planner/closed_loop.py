@@ -69,7 +69,7 @@ def measure_plan_speedup(
     calibration=None,
     opset: int | None = None,
 ) -> tuple[dict, bytes, bytes]:
-    """Whole-model speedup of ``plan`` applied to ``module`` (``runtime.timing.compare``: ratio of medians,
+    """Whole-model speedup of ``plan`` applied to ``module`` (``runtime.timing.compare``: median of per-round ratios,
     per-round spread, runs) and the two deployed models timed (original, planned)."""
     target = available_target(target)
     original_model = original_model or deployed_bytes(module, example_inputs, target, calibration, opset)

@@ -23,7 +23,7 @@ from onnx.utils import Extractor
 
 from convslim.runtime.quantize import quantize_nodes
 from convslim.runtime.sessions import open_session
-from convslim.runtime.timing import TimingSettings, time_sessions
+from convslim.runtime.timing import TimingSettings, compare, time_sessions
 
 SLOWER = 1.10  # int8 must measure this much slower before a node goes back to fp32 (timings scatter)
 STEADY = 0.5  # relative IQR above which a timing is too noisy to decide on
@@ -65,7 +65,7 @@ def time_node(
         timed = time_sessions(sessions, [x.numpy()], settings)
     if max(t.spread for t in timed.values()) > STEADY:
         return None
-    return timed["int8"].median_s / timed["fp32"].median_s
+    return 1 / compare(timed["fp32"], timed["int8"])["speedup"]
 
 
 def _input_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:

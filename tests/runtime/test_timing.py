@@ -104,3 +104,14 @@ def test_compare_per_round_spread():
     result = compare(ref, new)
     assert result["speedup_iqr"][0] < result["speedup_iqr"][1]
     assert result["rounds"] == 4
+
+
+def test_speedup_is_the_median_of_paired_rounds_not_of_pooled_runs():
+    """The machine is twice as slow in rounds 2-3; the faster model, with more runs per block in the fast
+    rounds, would pull its pooled median there. Every round says 2x, and so must the speedup."""
+    ref = Timing([[0.010] * 10, [0.020] * 10, [0.020] * 10])
+    new = Timing([[0.005] * 40, [0.010] * 10, [0.010] * 10])
+    assert ref.median_s / new.median_s == pytest.approx(4.0)  # pooled: wrong
+    result = compare(ref, new)
+    assert result["speedup"] == pytest.approx(2.0)
+    assert result["speedup_iqr"] == pytest.approx([2.0, 2.0])
