@@ -195,11 +195,13 @@ def quantize(
                 pre, out_path, calibration, resolved, attempt, kinds, fp32_session, session_for
             )
     excluded = [{"node": n, "kind": kinds.get(n, "?"), "reason": r} for n, r in attempt.excluded.items()]
-    glue = fp32_glue(model, set(attempt.excluded))
+    glue = fp32_glue(model, set(attempt.excluded))  # as quantize_nodes kept them; cheap to derive again
     if glue:
-        ops = sorted({n.op_type for n in model.graph.node if n.name in set(glue)})
-        note = f"{len(glue)} node(s) ({', '.join(ops)}) touch no int8 node and stay in fp32 with their neighbours"
-        notes.append(note)
+        ops = sorted({n.op_type for n in model.graph.node if n.name in glue})
+        notes.append(
+            f"{len(glue)} node(s) ({', '.join(ops)}) next to fp32 convs and to no int8 conv or linear stay in "
+            "fp32 (quantizing them would only add Quantize/Dequantize pairs)"
+        )
     return {
         "settings": resolved,
         "quantized_nodes": len(kinds) - len(attempt.excluded),
