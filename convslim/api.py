@@ -13,6 +13,7 @@ the plan as built (what graph-level work fixed, e.g. octave's channel sets) as a
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -325,10 +326,17 @@ def finetune_output(
     start = time.perf_counter()
     prepared = prepare(model, example_inputs, calibration)
     saved_plan, compressed = _load_output(prepared, source)
+    resumed = _was_finetuned(source) and hasattr(finetune, "resuming")
+    if resumed:
+        finetune = finetune.resuming()
     report = Report.from_plan(saved_plan, prepared.traced.mode, weight_errors(prepared, saved_plan))
     report.batchnorm_folded = prepared.batchnorm_folded
     report.planning = saved_plan.planning
     report.notes.extend(list(prepared.traced.notes) + [f"fine-tuned from the compress output {source}"])
+    if resumed:
+        report.notes.append(
+            f"{source} was fine-tuned already: stage 1 (layer-wise refit) skipped, its weights kept"
+        )
     run = {"finetuned_from": str(source), "tolerance": tolerance, "batch_sizes": list(batch_sizes)}
     run.update(measure_speed=measure_speed, verify=verify, finetune=True)
     report.run = run_record(prepared.example_inputs, None, run)
@@ -375,6 +383,19 @@ def load_compressed(model: nn.Module, example_inputs, out_dir: str | Path) -> nn
     ``model`` is a fresh instance of the original architecture (its weights are replaced by the saved ones).
     """
     return _load_output(prepare(model, example_inputs), out_dir)[1]
+
+
+def _was_finetuned(out_dir: str | Path) -> bool:
+    """Whether the report in ``out_dir`` records a fine-tune (no report.json: not known, so no)."""
+    path = Path(out_dir) / "report.json"
+    if not path.is_file():
+        return False
+    try:
+        return bool(json.loads(path.read_text()).get("finetune"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{path}: not valid JSON ({exc}); give a folder written by convslim compress"
+        ) from None
 
 
 def _load_output(prepared: Prepared, out_dir: str | Path) -> tuple[Plan, nn.Module]:

@@ -140,6 +140,13 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
         default=d.optimizer,
         help=f"optimiser (default {d.optimizer})",
     )
+    g.add_argument(
+        "--sync-batchnorm",
+        choices=("auto", "on", "off"),
+        default=d.sync_batchnorm,
+        help="under torchrun, BatchNorm statistics over the global batch; auto: when a rank gets under 32 "
+        "samples per step (default auto)",
+    )
     g.add_argument("--no-augment", action="store_true", help="no random crop + flip on image batches")
     g.add_argument("--seed", type=int, default=0, help="seed for data order and augmentation (default 0)")
 
@@ -190,7 +197,7 @@ def finetune_inputs(args: argparse.Namespace, model, inputs, sets: dict):
 
 
 RECIPE = ("batch_size", "lr", "weight_decay", "temperature", "ce_weight", "feature_weight")
-RECIPE += ("feature_fraction", "mixup", "calibration_samples", "optimizer")
+RECIPE += ("feature_fraction", "mixup", "calibration_samples", "optimizer", "sync_batchnorm")
 
 
 def recipe_settings(args: argparse.Namespace) -> dict:

@@ -197,7 +197,7 @@ def _train(
     next_eval = 1.0 / max(settings.evals, 1)
     seen, t0, losses = 0, time.perf_counter(), []
     bar = tqdm(desc=desc, total=budget.steps, disable=not (progress and distributed.is_main()), leave=False)
-    with _data_parallel(student, params) as forward:
+    with _data_parallel(student, params, settings) as forward:
         while True:
             distributed.agree(stop, budget)  # all ranks stop together, on rank 0's clock
             if not budget.left() or stop.requested:
@@ -248,9 +248,10 @@ def _train(
 
 
 @contextlib.contextmanager
-def _data_parallel(student, params):
+def _data_parallel(student, params, settings):
     """Under torchrun: ``student`` in DistributedDataParallel over ``params`` only (the rest frozen meanwhile),
-    with synchronised BatchNorms; alone: ``student`` itself. Hooks and state stay on ``student``."""
+    its BatchNorms synchronised where ``distributed.syncs_batchnorm`` says; alone: ``student`` itself. Hooks
+    and state stay on ``student``."""
     if not distributed.active():
         yield student
         return
@@ -258,7 +259,8 @@ def _data_parallel(student, params):
     frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in chosen]
     for p in frozen:
         p.requires_grad_(False)
-    swapped = distributed.sync_batchnorms(student)
+    synced = distributed.syncs_batchnorm(settings.sync_batchnorm, settings.batch_size)
+    swapped = distributed.sync_batchnorms(student) if synced else []
     try:
         yield distributed.data_parallel(student, next(iter(params)).device)
     finally:

@@ -58,10 +58,11 @@ def capture_input(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
     return seen[0]
 
 
-def reconstruct(teacher, student, names, batches, device, progress=False, stop=None):
+def reconstruct(teacher, student, names, batches, device, progress=False, stop=None, refit=True):
     """Refit every layer in ``names`` in order (see module docstring); returns (report rows, convs by name that
     a BatchNorm after the layer could fold into: its linear heads, else ``affine.output_conv``). ``batches``
-    are global: under torchrun each rank uses its slice."""
+    are global: under torchrun each rank uses its slice. ``refit=False`` only finds the heads (weights that
+    were fine-tuned already keep them)."""
     teacher.eval()
     student.eval()
     rows, heads_by_name = [], {}
@@ -71,12 +72,14 @@ def reconstruct(teacher, student, names, batches, device, progress=False, stop=N
             distributed.agree(stop)
             if stop.requested:
                 break
-        pairs = _layer_pairs(teacher, student, name, batches, device)
         module = student.get_submodule(name)
         # the same probe on every rank, so every rank finds the same heads
         probe = capture_input(student, name, batches[0][0][:4].to(device))
         heads = linear_heads(module, probe)
         heads_by_name[name] = heads or output_conv(module, probe)
+        if not refit:
+            continue
+        pairs = _layer_pairs(teacher, student, name, batches, device)
         before = relative_error(module, pairs)
         saved = copy.deepcopy(module.state_dict())
         method = "least-squares" if heads else "gradient"

@@ -91,7 +91,7 @@ def sgd(folder: Path, tag: str) -> None:
     prepared, p, student = _compressed("dwsep", rank=1)
     hook = finetune(
         tiny_data(), None, steps=4, batch_size=32, optimizer="sgd", lr=0.05, augment=False,
-        calibration_samples=64, channels_last=False, progress=False,
+        calibration_samples=64, channels_last=False, progress=False, sync_batchnorm="on",
     )  # fmt: skip
     model, report = hook(prepared, student, p)
     torch.save({"state": model.state_dict(), "report": report}, folder / f"sgd-{tag}.pt")

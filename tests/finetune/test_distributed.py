@@ -95,6 +95,7 @@ def test_two_ranks_half_batch_match_one_rank_full_batch(two_ranks, tmp_path):
     ranks.sgd(tmp_path, "single")
     alone, split = _load(tmp_path / "sgd-single.pt"), _load(two_ranks / "sgd-rank0.pt")
     assert split["report"]["ranks"] == 2 and alone["report"]["ranks"] == 1
+    assert split["report"]["batchnorm_statistics"] == "global batch (synced)"
     assert split["report"]["stage2_distill"]["steps"] == alone["report"]["stage2_distill"]["steps"] == 2
     assert _max_diff(split["state"], alone["state"]) < 1e-4
     assert _max_diff(split["state"], _load(two_ranks / "sgd-rank1.pt")["state"]) == 0.0

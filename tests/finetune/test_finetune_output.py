@@ -36,6 +36,25 @@ def test_compress_then_finetune_equals_one_call(tiny, tiny_data, tmp_path):
     assert report["finetune"]["stage2_distill"]["steps"] > 0
 
 
+def test_finetuning_a_finetuned_output_keeps_its_weights_through_stage1(tiny, tiny_data, tmp_path):
+    """A folder fine-tuned already is resumed: stage 1 is skipped (a layer-wise refit would undo the end-to-end
+    training), the report says so, and stage 1 leaves the folder's weights as they were (same score)."""
+    compress(tiny, EXAMPLE, to="dwsep", rank=1, finetune=_hook(tiny_data), out_dir=tmp_path / "tuned")
+    hook = finetune(tiny_data, tiny_data, steps=2, batch_size=32, calibration_samples=64, progress=False)
+    again = finetune_output(
+        tmp_path / "tuned", tiny, EXAMPLE, hook, out_dir=tmp_path / "again", measure_speed=False
+    )
+    tuned = load_compressed(tiny, EXAMPLE, tmp_path / "tuned")
+    stage1 = again.report.finetune["stage1"]
+    assert stage1["layers"] == [] and "fine-tuned already" in stage1["skipped"]
+    assert again.report.finetune["accuracy"]["stage1"] == again.report.finetune["accuracy"]["compressed"]
+    assert again.report.finetune["progress"].startswith("stage 1: skipped")
+    assert any("stage 1 (layer-wise refit) skipped" in note for note in again.report.notes)
+    x = tiny_data.x[:8]
+    fresh = compress(tiny, EXAMPLE, to="dwsep", rank=1, verify=False).model
+    assert not torch.allclose(tuned(x), fresh(x), atol=1e-4)  # the folder really holds tuned weights
+
+
 def test_finetune_cli_refuses_bad_input(tiny, tmp_path, capsys):
     weights = tmp_path / "tiny.pt"
     torch.save(tiny.state_dict(), weights)
