@@ -60,9 +60,8 @@ class FinetuneSettings:
     augment: bool = True
     mixup: float = 0.0  # Beta(α, α) mixing of inputs; > 0 trains on the teacher's outputs alone (no labels)
     train_bn: bool = True
-    reconstruct: bool = (
-        True  # stage 1; off when the weights were fine-tuned already (``FinetuneHook.resuming``)
-    )
+    # stage 1; off when the weights were fine-tuned already (``FinetuneHook.resuming``)
+    reconstruct: bool = True
     sync_batchnorm: str = "auto"  # under torchrun: "on", "off", or "auto" (sync under 32 samples per rank)
     evals: int = 4
     seed: int = 0

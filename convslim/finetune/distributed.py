@@ -161,8 +161,9 @@ class _GlobalBatchNormFn(torch.autograd.Function):
         dx = γ·r·(dy − s/n − (x − μ)·q·r²/n),   dγ = Σ_local dy·(x − μ)·r,   dβ = Σ_local dy
 
     dγ, dβ stay local: DistributedDataParallel averages parameter gradients like any other. Written this way
-    (two collectives, ~5 passes over the activations) a training step on two CPU ranks costs about what one
-    process pays for ``nn.BatchNorm2d``; the autograd of the same formula made 3× the passes."""
+    (about 5 passes over the activations, not the ~15 autograd made of the same formula), 60 distillation steps of
+    ResNet-20 dwsep on two CPU ranks took 39.5 s instead of 46.3 s (one process: 31.8 s; the rest is the two
+    collectives per layer, ~2.4 ms each on gloo here)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
