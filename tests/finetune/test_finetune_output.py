@@ -39,7 +39,15 @@ def test_compress_then_finetune_equals_one_call(tiny, tiny_data, tmp_path):
 def test_finetuning_a_finetuned_output_keeps_its_weights_through_stage1(tiny, tiny_data, tmp_path):
     """A folder fine-tuned already is resumed: stage 1 is skipped (a layer-wise refit would undo the end-to-end
     training), the report says so, and stage 1 leaves the folder's weights as they were (same score)."""
-    compress(tiny, EXAMPLE, to="dwsep", rank=1, finetune=_hook(tiny_data), out_dir=tmp_path / "tuned")
+    compress(
+        tiny,
+        EXAMPLE,
+        to="dwsep",
+        rank=1,
+        finetune=_hook(tiny_data),
+        out_dir=tmp_path / "tuned",
+        measure_speed=False,
+    )
     hook = finetune(tiny_data, tiny_data, steps=2, batch_size=32, calibration_samples=64, progress=False)
     again = finetune_output(
         tmp_path / "tuned", tiny, EXAMPLE, hook, out_dir=tmp_path / "again", measure_speed=False
