@@ -191,8 +191,7 @@ class _GlobalBatchNormFn(torch.autograd.Function):
         dims = [d for d in range(x.dim()) if d != 1]
         sum_dy = dy.sum(dims)
         sum_dy_xmu = (dy * x).sum(dims) - mean * sum_dy
-        local = torch.cat([sum_dy, sum_dy_xmu])
-        total = all_sum(local.clone())
+        total = all_sum(torch.cat([sum_dy, sum_dy_xmu]))  # a fresh tensor: sum_dy, sum_dy_xmu stay local
         c = x.shape[1]
         g_sum_dy, g_sum_dy_xmu = total[:c] / ctx.count, total[c:] / ctx.count
         gamma = weight if weight is not None else torch.ones_like(mean)
