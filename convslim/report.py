@@ -125,13 +125,14 @@ class Report:
         return self.speedups().get(str(self.planning.get("batch")))
 
     def speedups(self) -> dict[str, float]:
-        """The measured ORT speedup at each timed batch size, for the pair a plan was made on: the int8 pair when
-        it planned in int8, the CUDA pair when it planned on CUDA, else the fp32 pair on CPU ({} if not timed)."""
+        """The measured ORT speedup at each timed batch size, for what a plan was made on: the compressed int8
+        model against the fp32 original when it planned in int8, the CUDA pair when it planned on CUDA, else the
+        fp32 pair on CPU ({} if not timed)."""
         planning = self.planning or {}
         if planning.get("precision") == "int8":
             speed = (self.deploy or {}).get("speed") or {}
             pairs = {
-                b: e.get("speedup", {}).get("vs_original_int8", {}).get("compressed_int8")
+                b: e.get("speedup", {}).get("vs_original_fp32", {}).get("compressed_int8")
                 for b, e in speed.items()
             }
             return {b: v["speedup"] for b, v in pairs.items() if v}

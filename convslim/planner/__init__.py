@@ -30,11 +30,12 @@ from convslim.errors import UsageError
 from convslim.plan import decide, site_skip_reason
 from convslim.planner.budget import Option, Selection, blend, select
 from convslim.planner.candidates import Candidate, candidates_for, parse_forms
-from convslim.planner.closed_loop import deployed_bytes, measure_plan_speedup, search
+from convslim.planner.closed_loop import measure_plan_speedup, search
 from convslim.planner.compose import layer_scale, layer_total, max_multiplier, predicted_time
 from convslim.planner.damage import measure_damage, probe_inputs
 from convslim.planner.latency import LatencyCache, measure_candidates, time_model
 from convslim.planner.verdict import layer_timings, verdict
+from convslim.runtime.export import ExportSettings, export_bytes
 from convslim.runtime.int8 import Calibration
 from convslim.runtime.targets import available_target
 
@@ -109,7 +110,8 @@ def plan_budgeted(
     probe = probe_inputs(prepared.example_inputs, calibration)
     measure_damage(module, faster, probe, progress, refit=calibration is not None)
     deploy_calibration = None if calibration is None else Calibration(calibration[:256])
-    original_onnx = deployed_bytes(module, prepared.example_inputs, target, deploy_calibration, opset)
+    # speedups are against the original as the user runs it today, in fp32, whatever precision is deployed
+    original_onnx = export_bytes(module, prepared.example_inputs, ExportSettings(opset=opset))
     base_s = time_model(original_onnx, prepared.example_inputs, batch, target, seconds=max(5 * seconds, 0.1))
     total_macs = sum(dense_cost(s).macs for s in prepared.sites)
     scale = layer_scale(base_s, layer_total(per_layer))  # see compose: per-layer savings scaled to the model
@@ -152,6 +154,7 @@ def plan_budgeted(
         "batch": batch,
         "target": target.name,
         "precision": target.precision,
+        "speedup_against": "original fp32",
         "provider": target.providers[0],
         "original_onnx_sha256": _sha(original_onnx),
         "reached": chosen.reached if measured is None else measured >= target_speedup,

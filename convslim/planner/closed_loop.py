@@ -69,10 +69,11 @@ def measure_plan_speedup(
     calibration=None,
     opset: int | None = None,
 ) -> tuple[dict, bytes, bytes]:
-    """Whole-model speedup of ``plan`` applied to ``module`` (``runtime.timing.compare``: median of per-round ratios,
-    per-round spread, runs) and the two deployed models timed (original, planned)."""
+    """Whole-model speedup of ``plan`` applied to ``module``, deployed for ``target``, against the fp32 original
+    (``runtime.timing.compare``: median of per-round ratios, per-round spread, runs) and the two models timed
+    (original, planned)."""
     target = available_target(target)
-    original_model = original_model or deployed_bytes(module, example_inputs, target, calibration, opset)
+    original_model = original_model or export_bytes(module, example_inputs, ExportSettings(opset=opset))
     planned = deployed_bytes(apply_plan(module, plan), example_inputs, target, calibration, opset)
     sessions = {"original": target.session(original_model), "candidate": target.session(planned)}
     # the final report's timing (no cap on runs): a cap cut the faster model's later blocks to one run each,

@@ -2,8 +2,9 @@
 
 Method. For one conv and one candidate we build two micro-models (the BN-folded conv, and ``form.convert`` of
 it), export both to ONNX in memory (``runtime.export.export_layer``), deploy them for the target (``cpu-int8``
-quantizes each) and time them in alternating blocks (``runtime.timing``) at the layer's real input shape and
-the target batch; the medians give the candidate's ratio and the absolute time it saves. Graph-level work of ``form.finalize`` is not in the
+quantizes each, and times it in fp32 too: a layer counts at its faster precision) and time them in alternating
+blocks (``runtime.timing``) at the layer's real input shape and the target batch; the medians give the
+candidate's ratio and the absolute time it saves. Graph-level work of ``form.finalize`` is not in the
 micro-model, so savings it adds are not counted (the prediction errs low).
 
 Cache. Results live in one JSON file under ``$CONVSLIM_CACHE_DIR`` (default ``~/.cache/convslim``), keyed by the
@@ -36,8 +37,9 @@ from convslim.runtime.export import export_layer
 from convslim.runtime.targets import available_target, get_target
 from convslim.runtime.timing import TimingSettings, random_inputs, time_sessions
 
-# v1 timed run-by-run alternation (biased: see runtime.timing); v2 keyed by provider; v3 by target and precision
-CACHE_FILE = "latency-v3.json"
+# v1 timed run-by-run alternation (biased: see runtime.timing); v2 keyed by provider; v3 by target and precision;
+# v4: an int8 target's layers at their faster precision
+CACHE_FILE = "latency-v4.json"
 NOISY = 1.0  # relative IQR above which a timing is retried and, if still noisy, not trusted from the cache
 RETRIES = 2
 
@@ -126,12 +128,15 @@ def time_pair(
     original: nn.Module, candidate: nn.Module, example: torch.Tensor, target, seconds: float
 ) -> dict:
     """Interleaved medians of two modules on the same input (seconds per run) and their ratio, both deployed
-    for ``target`` (int8: each micro-model quantized); a timing whose spread (relative IQR) is above ``NOISY``
-    is retried up to ``RETRIES`` times and the steadiest one kept."""
-    sessions = {
-        "original": target.session(target.deploy_bytes(export_layer(original, example))),
-        "candidate": target.session(target.deploy_bytes(export_layer(candidate, example))),
-    }
+    for ``target``; a timing whose spread (relative IQR) is above ``NOISY`` is retried up to ``RETRIES`` times
+    and the steadiest one kept. For an int8 target each module is timed in fp32 and in int8 and its faster
+    precision counts, since the deployment keeps in fp32 what int8 makes slower (``runtime.int8_whole``)."""
+    sessions = {}
+    for name, module in (("original", original), ("candidate", candidate)):
+        exported = export_layer(module, example)
+        sessions[name] = target.session(target.deploy_bytes(exported))
+        if target.precision == "int8":
+            sessions[f"{name} fp32"] = target.session(exported)
     settings = TimingSettings(seconds=seconds, min_runs=7, max_runs=200, warmup=2, min_rounds=1)
     best = None
     for _ in range(1 + RETRIES):
@@ -142,7 +147,9 @@ def time_pair(
         if spread <= NOISY:
             break
     timed, spread = best
-    orig, cand = timed["original"].median_s, timed["candidate"].median_s
+    orig, cand = (
+        min(t.median_s for n, t in timed.items() if n.startswith(k)) for k in ("original", "candidate")
+    )
     return {
         "orig_s": orig,
         "cand_s": cand,

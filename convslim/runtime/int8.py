@@ -13,7 +13,8 @@ Accuracy. After quantizing, int8 is compared with fp32 on held-out images (top-1
 agreement). When it loses more than ``max_drop``, groups of nodes are put back in fp32 one at a time (the
 first conv, which sees raw pixels; the classifier; depthwise convs; then every conv of the worst kind) while
 that helps, and every node kept in fp32 is listed with the reason. Speed: convs that int8 makes slower on this
-CPU, timed alone (``int8_speed``), stay in fp32 too.
+CPU, timed alone (``int8_speed``), stay in fp32 too, and so do the kinds of conv the whole model measured faster
+with in fp32 (``int8_whole``; when the fp32 model beats every int8 variant, no node is quantized).
 
 Example:
     >>> info = quantize(Path("model.onnx"), Path("model.int8.onnx"), calibration, Int8Settings())
@@ -34,6 +35,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from convslim.errors import UsageError
 from convslim.runtime.int8_speed import slower_nodes
+from convslim.runtime.int8_whole import kinds_faster_in_fp32
 from convslim.runtime.quantize import TYPES, fp32_glue, quantize_nodes
 
 
@@ -42,7 +44,7 @@ class Int8Settings:
     """``reduce_range`` None: on unless the CPU has VNNI. ``exclude``: node names, op types or kinds kept in
     fp32. ``max_drop``: accuracy (or agreement) int8 may lose against fp32 before nodes go back to fp32.
     ``speed_check``: time every conv alone in fp32 and int8 at ``speed_batch`` and keep the slower-in-int8 ones
-    in fp32 (``int8_speed``)."""
+    in fp32 (``int8_speed``), then the kinds of conv the whole model runs faster with in fp32 (``int8_whole``)."""
 
     activation_type: str = "uint8"
     weight_type: str = "int8"
@@ -186,6 +188,11 @@ def quantize(
         if settings.speed_check:
             slower = slower_nodes(pre, resolved, settings.speed_batch)
             attempt.excluded.update({n: r for n, r in slower.items() if n not in attempt.excluded})
+            attempt.excluded.update(
+                kinds_faster_in_fp32(
+                    pre, calibration.x, resolved, attempt.excluded, kinds, settings.speed_batch
+                )
+            )
         fp32_session = session_for(pre)
         attempt.score = _quantize_and_score(
             pre, out_path, calibration, resolved, attempt.excluded, fp32_session, session_for

@@ -77,3 +77,44 @@ def test_planner_times_the_shipped_bytes(prepared, tmp_path, monkeypatch):
     chosen = next(r for r in planning["rounds"] if r.get("chosen"))
     assert chosen["onnx_sha256"] == shipped["model.onnx"]
     assert {"speedup_iqr", "runs"} <= set(chosen)
+
+
+def test_int8_layers_count_at_their_faster_precision(prepared, monkeypatch):
+    """Under cpu-int8 each micro-model is timed in int8 and in fp32; the faster of the two is its time."""
+    from convslim.runtime import get_target
+    from convslim.runtime.timing import Timing
+
+    def fake_time_sessions(sessions, inputs, settings):
+        assert set(sessions) == {"original", "original fp32", "candidate", "candidate fp32"}
+        seconds = {"original": 2.0, "original fp32": 3.0, "candidate": 4.0, "candidate fp32": 1.0}
+        return {name: Timing(blocks=[[seconds[name]] * 3]) for name in sessions}
+
+    monkeypatch.setattr(latency, "time_sessions", fake_time_sessions)
+    conv = dict(prepared.traced.module.named_modules())["b"]
+    site = next(s for s in prepared.sites if s.name == "b")
+    replacement = candidates_for(site, parse_forms("dwsep"), {"dwsep": [{"rank": 1}]})[0][0].build(conv)
+    timed = latency.time_pair(conv, replacement, torch.randn(4, 16, 10, 10), get_target("cpu-int8"), 0.01)
+    assert (timed["orig_s"], timed["cand_s"], timed["ratio"]) == (2.0, 1.0, 0.5)
+
+
+def test_int8_plan_measures_against_the_fp32_original(prepared, tmp_path, monkeypatch):
+    """--target-speedup under cpu-int8 is read against the original as users run it today: in fp32."""
+    from convslim.planner import plan_budgeted
+    from convslim.runtime import int8_speed, int8_whole
+    from convslim.runtime.export import export_bytes
+
+    monkeypatch.setenv("CONVSLIM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(int8_speed, "time_node", lambda *a: 0.7)  # what int8 deploys is not the point here
+    monkeypatch.setattr(int8_whole, "speed_ratio", lambda *a: 1.0)
+    plan = plan_budgeted(
+        prepared,
+        "dwsep",
+        target_speedup=1.1,
+        batch=2,
+        target="cpu-int8",
+        seconds=0.02,
+        calibration=torch.randn(16, 3, 10, 10),
+    )
+    fp32 = export_bytes(prepared.traced.module, prepared.example_inputs, ExportSettings())
+    assert plan.planning["original_onnx_sha256"] == hashlib.sha256(fp32).hexdigest()
+    assert plan.planning["speedup_against"] == "original fp32"

@@ -98,13 +98,14 @@ def test_deploy_bytes_quantizes_a_micro_model(tiny_onnx):
 
 def test_nodes_int8_makes_slower_stay_fp32(tiny_onnx, tmp_path, calibration, monkeypatch):
     """The per-node speed check, with the timing replaced: the depthwise conv 'measures' 1.5x slower in int8."""
-    from convslim.runtime import int8_speed
+    from convslim.runtime import int8_speed, int8_whole
 
     def fake_time(model, node, shape, batch, resolved, seconds):
         return 1.5 if node_kinds(model)[node.name] == "depthwise conv" else 0.7
 
     monkeypatch.setattr(int8_speed, "time_node", fake_time)
     monkeypatch.setattr(int8_speed, "_MEMO", {})
+    monkeypatch.setattr(int8_whole, "speed_ratio", lambda reference, trial, x: 1.0)  # no kind faster in fp32
     deployed = _deploy(tiny_onnx, tmp_path, calibration, auto_exclude=False, speed_check=True)
     (entry,) = deployed.info["excluded"]
     assert entry["kind"] == "depthwise conv" and "1.50x the fp32 time" in entry["reason"]
@@ -112,7 +113,7 @@ def test_nodes_int8_makes_slower_stay_fp32(tiny_onnx, tmp_path, calibration, mon
 
 
 def test_time_node_gives_a_ratio(tiny_onnx):
-    from convslim.runtime import int8_speed
+    from convslim.runtime import int8_speed, int8_whole
     from convslim.runtime.int8 import Int8Settings
 
     model = onnx.load(str(tiny_onnx))
@@ -124,13 +125,14 @@ def test_time_node_gives_a_ratio(tiny_onnx):
 def test_as_shipped_keeps_what_deploy_keeps_in_fp32(tiny_onnx, tmp_path, monkeypatch):
     """The planner's whole-model rounds time the graph the user receives: the conv int8 'measures' slower stays
     fp32 there too, while a micro-model (per-layer timing) quantizes every node."""
-    from convslim.runtime import int8_speed
+    from convslim.runtime import int8_speed, int8_whole
 
     def fake_time(model, node, shape, batch, resolved, seconds):
         return 1.5 if node_kinds(model)[node.name] == "depthwise conv" else 0.7
 
     monkeypatch.setattr(int8_speed, "time_node", fake_time)
     monkeypatch.setattr(int8_speed, "_MEMO", {})
+    monkeypatch.setattr(int8_whole, "speed_ratio", lambda reference, trial, x: 1.0)  # no kind faster in fp32
     target = get_target("cpu-int8").with_settings(Int8Settings(calibration_batch=2))
     fp32 = tiny_onnx.read_bytes()
     shipped, micro = tmp_path / "shipped.onnx", tmp_path / "micro.onnx"
@@ -139,3 +141,54 @@ def test_as_shipped_keeps_what_deploy_keeps_in_fp32(tiny_onnx, tmp_path, monkeyp
     kinds = node_kinds(onnx.load(str(shipped)))  # an fp32 conv keeps its float weight, so its kind shows
     assert {kinds[n] for n in _fp32_weight_convs(shipped)} == {"depthwise conv"}
     assert _fp32_weight_convs(micro) == set()
+
+
+def _timed_as(ratios: list[float]):
+    """A stand-in for ``int8_whole.speed_ratio`` answering ``ratios`` in turn, recording the trials it saw."""
+    seen = []
+
+    def fake(reference, trial, x):
+        seen.append(trial)
+        return ratios[len(seen) - 1]
+
+    return fake, seen
+
+
+def test_whole_model_keeps_a_kind_in_fp32_when_it_runs_faster(tiny_onnx, tmp_path, calibration, monkeypatch):
+    """Kinds are tried in order (depthwise first): the first trial 'runs' 1.4x faster, the rest no faster, so
+    only the depthwise conv is kept in fp32, with the measured ratio as its reason."""
+    from convslim.runtime import int8_speed, int8_whole
+
+    monkeypatch.setattr(int8_speed, "time_node", lambda *a: 0.7)  # alone, every conv is faster in int8
+    monkeypatch.setattr(int8_speed, "_MEMO", {})
+    fake, seen = _timed_as([1.4, 1.0, 1.0, 1.0, 1.0, 1.0])
+    monkeypatch.setattr(int8_whole, "speed_ratio", fake)
+    deployed = _deploy(tiny_onnx, tmp_path, calibration, auto_exclude=False, speed_check=True)
+    (entry,) = deployed.info["excluded"]
+    assert entry["kind"] == "depthwise conv"
+    assert "1.40x faster with its depthwise convs in fp32" in entry["reason"]
+    assert _fp32_weight_convs(deployed.path) == {entry["node"]}
+    assert len(seen) == 5  # pointwise, first conv, linear, then the fp32 model itself
+
+
+def test_whole_model_faster_in_fp32_quantizes_nothing(tiny_onnx, tmp_path, calibration, monkeypatch):
+    """When the fp32 model beats the best int8 variant, every node stays fp32 and the file has no int8 node."""
+    from convslim.runtime import int8_speed, int8_whole
+
+    monkeypatch.setattr(int8_speed, "time_node", lambda *a: 0.7)
+    monkeypatch.setattr(int8_speed, "_MEMO", {})
+    fake, _ = _timed_as([1.0, 1.0, 1.0, 1.0, 1.25])
+    monkeypatch.setattr(int8_whole, "speed_ratio", fake)
+    deployed = _deploy(tiny_onnx, tmp_path, calibration, auto_exclude=False, speed_check=True)
+    assert deployed.info["quantized_nodes"] == 0
+    assert all("1.25x faster in fp32 than with any node in int8" in e["reason"] for e in deployed.info["excluded"])
+    ops = {n.op_type for n in onnx.load(str(deployed.path)).graph.node}
+    assert not ops & {"QuantizeLinear", "DequantizeLinear"}
+
+
+def test_speed_ratio_measures_two_models(tiny_onnx):
+    from convslim.runtime.int8_whole import speed_ratio
+
+    fp32 = tiny_onnx.read_bytes()
+    ratio = speed_ratio(fp32, fp32, torch.randn(2, 3, 12, 12))
+    assert 0.3 < ratio < 3  # the same model against itself: about 1 (timings scatter)
