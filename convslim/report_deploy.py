@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 MODELS = ("original_fp32", "original_int8", "compressed_fp32", "compressed_int8")
@@ -37,11 +38,35 @@ def deploy_lines(deploy: dict[str, Any] | None) -> list[str]:
     if advice:
         lines.append(f"  deploy {advice['file']}: {advice['why']}")
     for model, item in (deploy.get("int8") or {}).items():
-        for entry in item.get("excluded", []):
-            lines.append(
-                f"  int8 ({model}): {entry['node']} ({entry['kind']}) kept in fp32: {entry['reason']}"
-            )
+        lines += [f"  int8 ({model}): {line}" for line in excluded_lines(item.get("excluded", []))]
     return lines
+
+
+def excluded_lines(excluded: list[dict]) -> list[str]:
+    """The nodes int8 kept in fp32, one line per kind and reason; ratios that differ become a range.
+
+    Example:
+        >>> excluded_lines([{"node": "a", "kind": "depthwise conv", "reason": "int8 measured 1.5x ..."},
+        ...                 {"node": "b", "kind": "depthwise conv", "reason": "int8 measured 2.6x ..."}])
+        ['2 depthwise convs kept in fp32: int8 measured 1.5-2.6x ...']
+    """
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for entry in excluded:
+        template = _RATIO.sub("{x}", entry["reason"])
+        groups.setdefault((entry["kind"], template), []).append(entry)
+    lines = []
+    for (kind, template), entries in groups.items():
+        if len(entries) == 1:
+            lines.append(f"{entries[0]['node']} ({kind}) kept in fp32: {entries[0]['reason']}")
+            continue
+        ratios = sorted(float(m) for e in entries for m in _RATIO.findall(e["reason"]))
+        span = f"{ratios[0]:.2f}x" if ratios[0] == ratios[-1] else f"{ratios[0]:.2f}-{ratios[-1]:.2f}x"
+        reason = template.replace("{x}", span, 1) if ratios else template
+        lines.append(f"{len(entries)} {kind}s kept in fp32: {reason}")
+    return lines
+
+
+_RATIO = re.compile(r"(\d+\.\d+)x")
 
 
 def _short(name: str) -> str:
