@@ -82,8 +82,8 @@ def rows_of(run: dict, with_original: bool) -> list[dict]:
                     if v is None
                     else f"{v['speedup']:.2f} ({v['speedup_iqr'][0]:.2f}–{v['speedup_iqr'][1]:.2f})"
                 )
-        excluded = sum(len(i["excluded"]) for i in deploy.get("int8", {}).values())
-        row["int8 nodes kept fp32"] = excluded if model.endswith("int8") else ""
+        own = deploy.get("int8", {}).get(model.split("_")[0], {})  # "original" or "compressed"
+        row["int8 nodes kept fp32"] = len(own.get("excluded", [])) if model.endswith("int8") else ""
         rows.append(row)
     return rows
 

@@ -177,7 +177,8 @@ def _measure(models: dict, example, batch_sizes, report: Report, settings: Verif
     deploy = settings.deploy
     table = speed_table(models, example, batch_sizes, deploy, settings.progress)
     report.deploy["speed"] = table
-    advice = recommendation(table, report.deploy.get("accuracy"))
+    quantized = (report.deploy.get("int8") or {}).get("compressed", {}).get("quantized_nodes")
+    advice = recommendation(table, report.deploy.get("accuracy"), quantized)
     if advice:
         report.deploy["recommended"] = advice
     report.speed["ort_cpu"] = {b: legacy_pair(entry) for b, entry in table.items()}

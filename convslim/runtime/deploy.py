@@ -173,10 +173,11 @@ def int8_original(folder: Path, settings: DeploySettings, example_inputs: tuple,
     }
 
 
-def recommendation(speed: dict, scores: dict | None) -> dict | None:
-    """Which compressed file to ship for an int8 target, and why: ``model.int8.onnx`` unless it lost more than
-    ``INT8_WARN_DROP`` against ``model.onnx`` or measured slower than it at every timed batch size (on CPUs
-    without VNNI, int8 depthwise and narrow pointwise convs often are). None without an int8 twin.
+def recommendation(speed: dict, scores: dict | None, quantized: int | None = None) -> dict | None:
+    """Which compressed file to ship for an int8 target, and why: ``model.int8.onnx`` unless it quantizes no
+    node (``quantized`` 0: every node measured faster in fp32), lost more than ``INT8_WARN_DROP`` against
+    ``model.onnx`` or measured slower than it at every timed batch size (on CPUs without VNNI, int8 depthwise
+    and narrow pointwise convs often are). None without an int8 twin.
 
     Example:
         >>> recommendation(report.deploy["speed"], report.deploy["accuracy"])["file"]
@@ -190,6 +191,11 @@ def recommendation(speed: dict, scores: dict | None) -> dict | None:
         f"batch {b}: {v['compressed_int8']['speedup']:.2f}x int8 vs {v['compressed_fp32']['speedup']:.2f}x fp32"
         for b, v in timed.items()
     )
+    if quantized == 0:
+        return {
+            "file": fp32,
+            "why": f"int8 kept every node in fp32 (the whole model ran faster so): {int8} is {fp32}",
+        }
     drop = (scores or {}).get("compressed_fp32", 0.0) - (scores or {}).get("compressed_int8", 0.0)
     if scores and drop > INT8_WARN_DROP:
         return {"file": fp32, "why": f"{int8} lost {100 * drop:.1f} pt {scores['metric']} against {fp32}"}

@@ -39,3 +39,8 @@ def test_int8_that_lost_accuracy_is_not_recommended_even_when_faster():
 def test_no_int8_twin_no_advice():
     speed = {"32": {"speedup": {"vs_original_fp32": {"compressed_fp32": {"speedup": 2.0}}}}}
     assert recommendation(speed, None) is None
+
+
+def test_int8_file_with_no_int8_node_recommends_fp32():
+    advice = recommendation(_speed(**{"32": (2.0, 2.1)}), SCORES, quantized=0)
+    assert advice["file"] == "model.onnx" and "kept every node in fp32" in advice["why"]

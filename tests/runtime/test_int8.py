@@ -113,7 +113,7 @@ def test_nodes_int8_makes_slower_stay_fp32(tiny_onnx, tmp_path, calibration, mon
 
 
 def test_time_node_gives_a_ratio(tiny_onnx):
-    from convslim.runtime import int8_speed, int8_whole
+    from convslim.runtime import int8_speed
     from convslim.runtime.int8 import Int8Settings
 
     model = onnx.load(str(tiny_onnx))
@@ -181,7 +181,9 @@ def test_whole_model_faster_in_fp32_quantizes_nothing(tiny_onnx, tmp_path, calib
     monkeypatch.setattr(int8_whole, "speed_ratio", fake)
     deployed = _deploy(tiny_onnx, tmp_path, calibration, auto_exclude=False, speed_check=True)
     assert deployed.info["quantized_nodes"] == 0
-    assert all("1.25x faster in fp32 than with any node in int8" in e["reason"] for e in deployed.info["excluded"])
+    assert all(
+        "1.25x faster in fp32 than with any node in int8" in e["reason"] for e in deployed.info["excluded"]
+    )
     ops = {n.op_type for n in onnx.load(str(deployed.path)).graph.node}
     assert not ops & {"QuantizeLinear", "DequantizeLinear"}
 
