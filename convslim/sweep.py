@@ -176,22 +176,18 @@ def point_from_report(target: float, report: Report, minutes: float, folder: Pat
 
 
 def references(report: Report) -> list[dict]:
-    """The original at speedup 1 on the plan's precision; under int8 also the fp32 original at its speed
-    relative to the int8 one (both measured in every point's report; under fp32 no int8 original is made)."""
+    """The fp32 original at speedup 1 (every point's speedup is against it); under int8 also the int8 original
+    at its measured speedup (both measured in every point's report; under fp32 no int8 original is made)."""
     deploy = report.deploy or {}
     accuracy = deploy.get("accuracy") or {}
+    refs = [{"name": "original", "speedup": 1.0, "accuracy": accuracy.get("original_fp32")}]
     if deploy.get("precision") != "int8":
-        return [{"name": "original", "speedup": 1.0, "accuracy": accuracy.get("original_fp32")}]
-    refs = [{"name": "original int8", "speedup": 1.0, "accuracy": accuracy.get("original_int8")}]
+        return refs
     entry = (deploy.get("speed") or {}).get(str((report.planning or {}).get("batch"))) or {}
     int8 = entry.get("speedup", {}).get("vs_original_fp32", {}).get("original_int8")
     if int8:
         refs.append(
-            {
-                "name": "original fp32",
-                "speedup": 1 / int8["speedup"],
-                "accuracy": accuracy.get("original_fp32"),
-            }
+            {"name": "original int8", "speedup": int8["speedup"], "accuracy": accuracy.get("original_int8")}
         )
     return refs
 

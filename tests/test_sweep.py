@@ -221,3 +221,19 @@ def test_a_fine_tune_stopped_by_a_signal_ends_the_sweep_after_writing_its_point(
     assert "[1/2] target 1.2x: interrupted" in capsys.readouterr().err
     summary = json.loads((out / "sweep.json").read_text())
     assert [p["status"] for p in summary["points"]] == ["interrupted"] and summary["stopped_by"] == "SIGTERM"
+
+
+def test_int8_sweep_references_sit_on_the_fp32_scale():
+    """Under cpu-int8 every point's speedup is against the fp32 original, so the int8 original sits at its own
+    measured speedup over it, not at 1x."""
+    from types import SimpleNamespace
+
+    from convslim.sweep import references
+
+    speed = {"32": {"speedup": {"vs_original_fp32": {"original_int8": {"speedup": 1.5}}}}}
+    deploy = {"precision": "int8", "speed": speed, "accuracy": {"original_fp32": 0.91, "original_int8": 0.90}}
+    refs = references(SimpleNamespace(deploy=deploy, planning={"batch": 32}))
+    assert [(r["name"], r["speedup"], r["accuracy"]) for r in refs] == [
+        ("original", 1.0, 0.91),
+        ("original int8", 1.5, 0.90),
+    ]
