@@ -4,8 +4,9 @@ Method: (1) candidates per conv from the grid of every allowed form (``candidate
 latency measured in ONNX Runtime against the original conv in the same run, cached on disk (``latency``);
 (3) its damage, the model's relative output error with only that layer rewritten (``damage``); (4) a greedy
 multiple-choice knapsack picks one candidate or none per layer (``budget``). The whole BN-folded model is timed
-once; the predicted time is that minus the chosen layers' measured savings, scaled to the model so they
-cannot exceed its time (``compose``), and predicted speedup the ratio.
+once as deployed; the predicted time is that minus the chosen layers' measured savings, scaled to the model so
+they cannot exceed its time (``compose``). Speedups are against the fp32 original, the model the user runs
+today: for ``cpu-int8`` the saving asked is from the int8 original, as shipped, down to fp32 time / target.
 
 Budgets (one): ``target_speedup`` (predicted whole-model ORT speedup at ``batch``), ``target_macs`` (fraction
 of the original conv MACs), ``max_error`` (predicted relative output error, √Σ damage²).
@@ -30,7 +31,7 @@ from convslim.errors import UsageError
 from convslim.plan import decide, site_skip_reason
 from convslim.planner.budget import Option, Selection, blend, select
 from convslim.planner.candidates import Candidate, candidates_for, parse_forms
-from convslim.planner.closed_loop import measure_plan_speedup, search
+from convslim.planner.closed_loop import deployed_bytes, measure_plan_speedup, search
 from convslim.planner.compose import layer_scale, layer_total, max_multiplier, predicted_time
 from convslim.planner.damage import measure_damage, probe_inputs
 from convslim.planner.latency import LatencyCache, measure_candidates, time_model
@@ -110,15 +111,16 @@ def plan_budgeted(
     probe = probe_inputs(prepared.example_inputs, calibration)
     measure_damage(module, faster, probe, progress, refit=calibration is not None)
     deploy_calibration = None if calibration is None else Calibration(calibration[:256])
-    # speedups are against the original as the user runs it today, in fp32, whatever precision is deployed
-    original_onnx = export_bytes(module, prepared.example_inputs, ExportSettings(opset=opset))
-    base_s = time_model(original_onnx, prepared.example_inputs, batch, target, seconds=max(5 * seconds, 0.1))
+    timed = max(5 * seconds, 0.1)
+    original_onnx, reference_s, base_s = _original_times(
+        prepared, target, batch, timed, deploy_calibration, opset
+    )
     total_macs = sum(dense_cost(s).macs for s in prepared.sites)
     scale = layer_scale(base_s, layer_total(per_layer))  # see compose: per-layer savings scaled to the model
     table = {layer: [_option(c, budget, scale) for c in cands] for layer, cands in per_layer.items()}
     need = max_energy = None
     if budget == "target_speedup":
-        need = base_s * (1 - 1 / target_speedup)
+        need = max(base_s - reference_s / target_speedup, 0.0)  # from the deployed original to the target
     elif budget == "target_macs":
         need = total_macs * (1 - target_macs)
     else:
@@ -143,7 +145,7 @@ def plan_budgeted(
     predicted_s = predicted_time(base_s, saved)
     macs_after = sum(d.macs_after for d in layers)
     used = sorted({d.form for d in layers if d.form})
-    predicted = base_s / predicted_s
+    predicted = reference_s / predicted_s
     planning = {
         "budget": {
             budget: {"target_speedup": target_speedup, "target_macs": target_macs, "max_error": max_error}[
@@ -158,7 +160,8 @@ def plan_budgeted(
         "provider": target.providers[0],
         "original_onnx_sha256": _sha(original_onnx),
         "reached": chosen.reached if measured is None else measured >= target_speedup,
-        "original_ms": base_s * 1e3,
+        "original_ms": reference_s * 1e3,
+        "deployed_original_ms": base_s * 1e3,
         "predicted_ms": predicted_s * 1e3,
         "layer_scale": scale,
         "predicted_speedup": predicted if measured is None else measured,  # closed loop: its measurement
@@ -177,6 +180,19 @@ def plan_budgeted(
     return Plan(
         form=label, options={"to": ",".join(forms), **planning["budget"]}, layers=layers, planning=planning
     )
+
+
+def _original_times(prepared: Prepared, target, batch: int, seconds: float, calibration, opset):
+    """The fp32 original's ONNX bytes and time (speedups are against it: the model the user runs today, whatever
+    precision is deployed), and the time of the original deployed for ``target`` (int8: as shipped, where the
+    plan starts from; the same model otherwise)."""
+    module, example = prepared.traced.module, prepared.example_inputs
+    original_onnx = export_bytes(module, example, ExportSettings(opset=opset))
+    reference_s = time_model(original_onnx, example, batch, target, seconds=seconds)
+    if target.precision == "fp32":
+        return original_onnx, reference_s, reference_s
+    deployed = deployed_bytes(module, example, target, calibration, opset)
+    return original_onnx, reference_s, time_model(deployed, example, batch, target, seconds=seconds)
 
 
 class _PlanBuilder:

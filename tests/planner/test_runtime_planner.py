@@ -118,3 +118,4 @@ def test_int8_plan_measures_against_the_fp32_original(prepared, tmp_path, monkey
     fp32 = export_bytes(prepared.traced.module, prepared.example_inputs, ExportSettings())
     assert plan.planning["original_onnx_sha256"] == hashlib.sha256(fp32).hexdigest()
     assert plan.planning["speedup_against"] == "original fp32"
+    assert plan.planning["deployed_original_ms"] > 0 and plan.planning["original_ms"] > 0  # both timed
