@@ -111,9 +111,9 @@ def plan_budgeted(
     probe = probe_inputs(prepared.example_inputs, calibration)
     measure_damage(module, faster, probe, progress, refit=calibration is not None)
     deploy_calibration = None if calibration is None else Calibration(calibration[:256])
-    timed = max(5 * seconds, 0.1)
+    model_seconds = max(5 * seconds, 0.1)  # the whole model is timed longer than one layer
     original_onnx, reference_s, base_s = _original_times(
-        prepared, target, batch, timed, deploy_calibration, opset
+        prepared, target, batch, model_seconds, deploy_calibration, opset
     )
     total_macs = sum(dense_cost(s).macs for s in prepared.sites)
     scale = layer_scale(base_s, layer_total(per_layer))  # see compose: per-layer savings scaled to the model
