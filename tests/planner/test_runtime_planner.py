@@ -18,11 +18,11 @@ from convslim.runtime.export import ExportSettings
 
 
 class Small(nn.Module):
-    def __init__(self):
+    def __init__(self, width: int = 16):
         super().__init__()
-        self.a = nn.Conv2d(3, 16, 3, padding=1)
-        self.b = nn.Conv2d(16, 16, 3, padding=1)
-        self.head = nn.Linear(16, 4)
+        self.a = nn.Conv2d(3, width, 3, padding=1)
+        self.b = nn.Conv2d(width, width, 3, padding=1)
+        self.head = nn.Linear(width, 4)
 
     def forward(self, x):
         x = torch.relu(self.b(torch.relu(self.a(x))))
@@ -56,11 +56,14 @@ def test_latency_cache_keyed_by_precision(prepared, tmp_path):
     assert len(stored) == 2
 
 
-def test_planner_times_the_shipped_bytes(prepared, tmp_path, monkeypatch):
+def test_planner_times_the_shipped_bytes(tmp_path, monkeypatch):
+    # wide enough that the rewrite is faster as a whole model: at 16 channels on 10x10 the whole model measured
+    # 0.8-0.95x in 4 of 10 runs on a 2-core machine and the planner (rightly) refused to rewrite anything
     monkeypatch.setenv("CONVSLIM_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
     result = compress(
-        prepared.original,
-        prepared.example_inputs,
+        Small(width=64).eval(),
+        torch.randn(1, 3, 16, 16),
         to="dwsep",
         target_speedup=1.2,
         plan_batch=4,
