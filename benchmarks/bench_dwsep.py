@@ -18,7 +18,7 @@ from common import cifar_arrays, cifar_model, markdown_table, top1
 
 from convslim import compress
 from convslim.runtime import TimingSettings, export_model, measure_speed
-from convslim.verify import compare_models
+from convslim.verify.parity import compare_models
 
 
 def run(model_name: str, rank: int, x_val, y_val, seconds: float) -> dict:

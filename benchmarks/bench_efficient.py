@@ -20,7 +20,7 @@ from convslim.api import prepare
 from convslim.models.blocks import randomize_bn_
 from convslim.models.zoo import build
 from convslim.models.zoo_mobile import IMAGENET
-from convslim.planner import LatencyCache, plan_budgeted
+from convslim.planner import LatencyCache, plan_to_budget
 
 TINY_NAMES = {"mobilenet_v2": "mobilenet_v2", "efficientnet_b0": "efficientnet", "resnext50": "resnext"}
 
@@ -36,7 +36,7 @@ def run(name: str, target: float, args) -> None:
     model, shape = model_for(name, args.tiny)
     x = torch.randn(shape)
     with tempfile.TemporaryDirectory() as cache:
-        plan = plan_budgeted(
+        plan = plan_to_budget(
             prepare(model, x),
             "auto",
             target_speedup=target,

@@ -21,8 +21,8 @@ import torch
 from common import cifar_arrays, cifar_model, markdown_table
 
 from convslim import compress
-from convslim.data import ArrayData
 from convslim.finetune import finetune
+from convslim.inputs.data import ArrayData
 from convslim.runtime import TimingSettings
 from convslim.runtime.deploy import DeploySettings
 from convslim.runtime.int8 import Calibration

@@ -17,9 +17,9 @@ from convslim.api import (
     rewrite,
 )
 from convslim.convert import FORMS, get_form, register_form
+from convslim.core import Plan
 from convslim.errors import ConvslimError, ModelLoadError, PlanError, UsageError
-from convslim.plan import Plan
-from convslim.sweep import SweepResult, SweepSettings, sweep
+from convslim.tradeoff import SweepResult, SweepSettings, sweep
 from convslim.version import __version__ as __version__
 
 __all__ = [

@@ -26,17 +26,17 @@ from torch import nn
 from convslim.convert import get_form
 from convslim.core import ConvSite, Plan, Prepared, TracedModel
 from convslim.errors import PlanError, UsageError
-from convslim.loading import check_finite
+from convslim.inputs.loading import check_finite
 from convslim.options import Budget, Checks, Output, gather
 from convslim.passes import collect_conv_sites, fold_batchnorm, trace_model
 from convslim.passes.apply_plan import Rewritten
 from convslim.passes.apply_plan import rewrite as rewrite_plan
 from convslim.passes.trace import propagate_shapes_, without_export_guards
-from convslim.plan import make_plan
-from convslim.report import Report
-from convslim.runinfo import run_record
+from convslim.planner.uniform import make_plan
+from convslim.report.report import Report
+from convslim.report.runinfo import run_record
 from convslim.runtime.deploy import DeploySettings
-from convslim.verify import DEFAULT_RTOL
+from convslim.verify.parity import DEFAULT_RTOL
 
 
 @dataclass
@@ -121,10 +121,10 @@ def plan_budgeted(
 ) -> Plan:
     """Per-layer forms and settings chosen on measured ORT latency and output damage to meet one budget
     (``target_speedup``, ``target_macs`` or ``max_error``); see ``convslim.planner``."""
-    from convslim.planner import plan_budgeted as _plan_budgeted
+    from convslim.planner import plan_to_budget
 
     prepared = model if isinstance(model, Prepared) else prepare(model, example_inputs)
-    return _plan_budgeted(prepared, to, calibration=calibration, exclude=exclude, **budget)
+    return plan_to_budget(prepared, to, calibration=calibration, exclude=exclude, **budget)
 
 
 def wants_budgeted(to: str, budget: dict) -> bool:
@@ -134,10 +134,10 @@ def wants_budgeted(to: str, budget: dict) -> bool:
 
 def _plan_on_rank0(prepared: Prepared, **options) -> Plan:
     """The budgeted plan, measured once (on rank 0 under torchrun: timings differ per process) and shared."""
-    from convslim.finetune import distributed
+    from convslim import parallel
 
-    text = plan_budgeted(prepared, **options).to_json() if distributed.is_main() else None
-    return Plan.from_json(distributed.broadcast_object(text), "the plan rank 0 made")
+    text = plan_budgeted(prepared, **options).to_json() if parallel.is_main() else None
+    return Plan.from_json(parallel.broadcast_object(text), "the plan rank 0 made")
 
 
 def _uniform_plan(prepared: Prepared, to: str, exclude: Sequence[str], options: dict) -> Plan:
@@ -214,9 +214,9 @@ def compress(
     Checked before any work: ``out_dir`` (writable; empty unless ``overwrite``), the weights (finite), the runtime
     target, and that the model can be exported at all; a plan that rewrites nothing is refused (``UsageError``).
     """
-    from convslim.outputs import check_output_dir
-    from convslim.pipeline import VerifySettings, weight_errors
+    from convslim.core.outputs import check_output_dir
     from convslim.runtime.export import export_program
+    from convslim.verify.pipeline import VerifySettings, weight_errors
 
     deploy = deploy or DeploySettings()
     deploy.target()  # unknown, unavailable or uncalibrated targets fail now, not after fine-tuning
@@ -275,15 +275,15 @@ def compress(
 
 def _tune_and_export(prepared, plan, compressed, report, timings, finetune, checks, settings):
     """Fine-tune (``finetune`` hook, when given), then export and verify: only rank 0 under torchrun."""
-    from convslim.finetune import distributed
-    from convslim.pipeline import export_and_verify
+    from convslim import parallel
+    from convslim.verify.pipeline import export_and_verify
 
     if finetune is not None:
         t0 = time.perf_counter()
         compressed, report.finetune = finetune(prepared, compressed, plan)
         timings["finetune"] = time.perf_counter() - t0
     report.timings_s = timings
-    if (checks.verify or settings.out_dir is not None) and distributed.is_main():
+    if (checks.verify or settings.out_dir is not None) and parallel.is_main():
         with tempfile.TemporaryDirectory(prefix="convslim-") as scratch:
             export_and_verify(prepared, compressed, plan, report, Path(scratch), settings)
     return CompressionResult(compressed, report, plan, prepared)
@@ -316,8 +316,8 @@ def finetune_output(
         >>> hook = finetune(train, val, minutes=8)
         >>> result = finetune_output("out", model, torch.randn(1, 3, 32, 32), hook, out_dir="out-ft")
     """
-    from convslim.outputs import check_output_dir
-    from convslim.pipeline import VerifySettings, weight_errors
+    from convslim.core.outputs import check_output_dir
+    from convslim.verify.pipeline import VerifySettings, weight_errors
 
     deploy = deploy or DeploySettings()
     deploy.target()  # fail now, not after fine-tuning

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from convslim.errors import UsageError
-from convslim.verify import DEFAULT_RTOL
+from convslim.verify.parity import DEFAULT_RTOL
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import convslim
+from convslim.core import Plan
 from convslim.errors import PlanError
 from convslim.models import resnet20
-from convslim.plan import Plan
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_outputs_reload_without_pickle(model, tmp_path):
 
 
 def test_failure_leaves_no_output_folder(model, tmp_path, monkeypatch):
-    import convslim.pipeline as pipeline
+    import convslim.verify.pipeline as pipeline
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")

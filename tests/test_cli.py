@@ -115,10 +115,10 @@ def test_inspect_lists_every_conv_without_writing(tmp_path, capsys, state_dict_f
 
 
 def test_verification_failure_exits_1_after_writing(tmp_path, capsys, state_dict_file, monkeypatch):
-    from convslim.verify import judge_with_floor
+    from convslim.verify.parity import judge_with_floor
 
     # tolerance 0 and no allowance for the original's own ONNX error (4x it would pass this float32 noise)
-    monkeypatch.setattr("convslim.pipeline.judge_with_floor", lambda p, f: judge_with_floor(p, f, 0.0))
+    monkeypatch.setattr("convslim.verify.pipeline.judge_with_floor", lambda p, f: judge_with_floor(p, f, 0.0))
     out = tmp_path / "out"
     code = main(
         [

@@ -88,8 +88,8 @@ def test_onnx_file_as_model(tmp_path, capsys):
 
 
 def test_read_only_out_is_found_before_any_work(tmp_path, capsys, weights, monkeypatch):
-    import convslim.loading
-    import convslim.outputs
+    import convslim.core.outputs
+    import convslim.inputs.loading
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -97,8 +97,10 @@ def test_read_only_out_is_found_before_any_work(tmp_path, capsys, weights, monke
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before --out was checked")
 
-    monkeypatch.setattr(convslim.outputs.tempfile, "mkdtemp", read_only)  # as root, chmod would not stop us
-    monkeypatch.setattr(convslim.loading, "load_model", never)
+    monkeypatch.setattr(
+        convslim.core.outputs.tempfile, "mkdtemp", read_only
+    )  # as root, chmod would not stop us
+    monkeypatch.setattr(convslim.inputs.loading, "load_model", never)
     out = tmp_path / "out"
     fails_cleanly(capsys, compress_argv(weights, out, *arch()), out, "Read-only file system")
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from convslim.cli import main
-from convslim.report import Report, agrees
+from convslim.report.report import Report, agrees
 from tests.cli_models import arch, save_small
 
 PLANNER_MODELS = Path(__file__).resolve().parent / "planner" / "test_planner.py"
@@ -51,7 +51,7 @@ def test_every_output_is_checked_by_name(tmp_path, weights, factory, names):
 
 
 def test_a_wrong_second_output_fails_parity(tmp_path, monkeypatch):
-    from convslim.verify import onnx_parity
+    from convslim.verify.parity import onnx_parity
 
     model = torch.nn.Conv2d(3, 4, 3).eval()
 
@@ -169,9 +169,9 @@ def test_budget_flags_through_the_cli(tmp_path, monkeypatch, capsys, budget):
 def test_ctrl_c_during_fine_tuning_exits_130_and_says_how_far(
     tmp_path, capsys, weights, train_npz, monkeypatch
 ):
-    import convslim.finetune as finetune_package
+    import convslim.finetune.recipe as recipe
 
-    real = finetune_package.reconstruct
+    real = recipe.reconstruct
 
     def interrupted_after_one_layer(
         teacher, student, names, batches, device, progress=False, stop=None, refit=True
@@ -181,7 +181,7 @@ def test_ctrl_c_during_fine_tuning_exits_130_and_says_how_far(
         more, more_heads = real(teacher, student, names[1:], batches, device, progress, stop, refit)
         return rows + more, {**heads, **more_heads}
 
-    monkeypatch.setattr(finetune_package, "reconstruct", interrupted_after_one_layer)
+    monkeypatch.setattr(recipe, "reconstruct", interrupted_after_one_layer)
     out = tmp_path / "out"
     code = compress(
         weights, out, *arch(), "--data", str(train_npz), "--finetune-steps", "50", "--batch-size", "8"

@@ -6,9 +6,9 @@ import onnx
 import torch
 from torch import nn
 
-from convslim.diagnose import divergence_note, first_divergence
 from convslim.runtime.export import export_onnx, export_program
-from convslim.verify import judge_with_floor, onnx_parity
+from convslim.verify.diagnose import divergence_note, first_divergence
+from convslim.verify.parity import judge_with_floor, onnx_parity
 
 
 def _parity(err, tol):

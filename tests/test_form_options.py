@@ -11,11 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import convslim
-from convslim.cli import build_parser, form_options, main, registry_options
+from convslim.cli import main
+from convslim.cli.args import form_options, registry_options
+from convslim.cli.commands import build_parser
 from convslim.convert import FORMS, register_form
 from convslim.convert.base import Cost, Form, Option, dense_cost, whole_at_least
 from convslim.errors import UsageError
-from convslim.report import Report
+from convslim.report.report import Report
 from tests.cli_models import Small
 
 X = torch.randn(1, 3, 16, 16)

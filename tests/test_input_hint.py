@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from convslim.cli import main
-from convslim.input_hint import declared_input_size, input_size_hint
+from convslim.inputs.hint import declared_input_size, input_size_hint
 from convslim.models.zoo_special import FixedSize
 
 

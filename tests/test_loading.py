@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convslim.errors import ModelLoadError, UsageError
-from convslim.loading import load_model, parse_input_shapes
+from convslim.inputs.loading import load_model, parse_input_shapes
 from convslim.models import resnet20
 
 ARCH = "convslim.models:resnet20"

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
+from convslim.core.outputs import atomic_write_bytes, atomic_write_text, check_output_dir, staged_output_dir
 from convslim.errors import UsageError
-from convslim.outputs import atomic_write_bytes, atomic_write_text, check_output_dir, staged_output_dir
 
 
 def _mode(path) -> int:

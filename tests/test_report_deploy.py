@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from convslim.report_deploy import excluded_lines
+from convslim.report.deploy import excluded_lines
 
 
 def _entry(node, kind, ratio):

@@ -96,6 +96,37 @@ def test_registering_a_taken_name_needs_replace(halves_form):
     assert convslim.register_form(again, replace=True) is again and FORMS[again.name] is again
 
 
+def test_a_user_form_names_its_graph_pass_and_rewrite_runs_it(tmp_path):
+    from convslim.passes import GRAPH_PASSES, register_graph_pass
+
+    seen = []
+
+    def count_halves(module, decisions, notes):
+        seen.append([d.name for d in decisions])
+        notes.append(f"halves: {len(decisions)} layer(s)")
+        return module, decisions
+
+    class NamedPassForm(HalvesForm):
+        name = "test-halves-pass"
+        graph_pass = "test-count-halves"
+
+    form = convslim.register_form(NamedPassForm())
+    try:
+        model, x = Net().eval(), torch.randn(1, 3, 8, 8)
+        plan = convslim.plan(model, x, to=form.name)
+        with pytest.raises(UsageError, match="graph pass 'test-count-halves' is not registered"):
+            convslim.apply(model, plan, x)
+        register_graph_pass("test-count-halves", count_halves)
+        with pytest.raises(UsageError, match="already registered"):
+            register_graph_pass("test-count-halves", count_halves)
+        notes: list[str] = []
+        convslim.apply(model, plan, x, notes=notes)
+        assert seen == [["a", "b"]] and "halves: 2 layer(s)" in notes
+    finally:
+        FORMS.pop(form.name)
+        GRAPH_PASSES.pop("test-count-halves", None)
+
+
 class TwoInputs(nn.Module):
     """Two images through their own stems, added, then a shared conv."""
 

@@ -4,7 +4,6 @@ fails with a convslim error is recorded and the sweep goes on; Ctrl-C leaves the
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -14,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from convslim import tradeoff
 from convslim.cli import main
 from convslim.errors import UsageError
-from convslim.report import Report
+from convslim.report.report import Report
 from tests.cli_models import MODELS, Small
 
-sweep_module = importlib.import_module("convslim.sweep")  # ``convslim.sweep`` is also the function
 TARGETS = ("1.5",)  # one real point (about 15 s); the tests of many points stand a canned one in
 
 
@@ -68,7 +67,7 @@ def swept(tmp_path_factory):
     files = _files(folder)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CONVSLIM_CACHE_DIR", str(folder / "cache"))
-        mp.setattr(planner, "plan_budgeted", functools.partial(planner.plan_budgeted, seconds=0.02))
+        mp.setattr(planner, "plan_to_budget", functools.partial(planner.plan_to_budget, seconds=0.02))
         code = main(_argv(files, folder / "out"))
     return SimpleNamespace(code=code, out=folder / "out", files=files)
 
@@ -127,7 +126,7 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(swept, tmp_path, monk
             raise UsageError("nothing was rewritten: no layer of this model gets faster")
         return canned
 
-    monkeypatch.setattr(sweep_module, "compress", compress)
+    monkeypatch.setattr(tradeoff, "compress", compress)
     out = tmp_path / "out"
     assert main(_argv(swept.files, out, "1.5,2,3")) == 0
     assert [c["target_speedup"] for c in calls] == [1.5, 2, 3] and {c["to"] for c in calls} == {"auto"}
@@ -145,7 +144,7 @@ def test_every_point_failing_exits_2_with_a_message(swept, tmp_path, monkeypatch
     def compress(model, inputs, **kwargs):
         raise UsageError("budget not reachable")
 
-    monkeypatch.setattr(sweep_module, "compress", compress)
+    monkeypatch.setattr(tradeoff, "compress", compress)
     out = tmp_path / "out"
     assert main(_argv(swept.files, out)) == 2
     assert "no point of the sweep succeeded" in capsys.readouterr().err
@@ -158,7 +157,7 @@ def test_a_bug_propagates(swept, tmp_path, monkeypatch):
     def compress(model, inputs, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(sweep_module, "compress", compress)
+    monkeypatch.setattr(tradeoff, "compress", compress)
     with pytest.raises(ZeroDivisionError):
         main(_argv(swept.files, tmp_path / "out"))
 
@@ -171,7 +170,7 @@ def test_ctrl_c_at_the_second_point_leaves_the_first_in_sweep_json(swept, tmp_pa
             raise KeyboardInterrupt
         return canned
 
-    monkeypatch.setattr(sweep_module, "compress", compress)
+    monkeypatch.setattr(tradeoff, "compress", compress)
     out = tmp_path / "out"
     assert main(_argv(swept.files, out, "1.2,1.5,2")) == 130
     assert "finished points are in" in capsys.readouterr().err
@@ -183,12 +182,12 @@ def test_ctrl_c_at_the_second_point_leaves_the_first_in_sweep_json(swept, tmp_pa
 
 def test_without_matplotlib_the_table_says_how_to_get_the_plot(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib → ImportError
-    point = sweep_module.SweepPoint(2.0, "ok", 0.5, speedups={"1": 1.8}, accuracy=0.9, metric="top1")
-    result = sweep_module.SweepResult([point], [{"name": "original", "speedup": 1.0, "accuracy": 0.92}])
-    sweep_module.write_summary(tmp_path, result)
+    point = tradeoff.SweepPoint(2.0, "ok", 0.5, speedups={"1": 1.8}, accuracy=0.9, metric="top1")
+    result = tradeoff.SweepResult([point], [{"name": "original", "speedup": 1.0, "accuracy": 0.92}])
+    tradeoff.write_summary(tmp_path, result)
     assert not (tmp_path / "sweep.png").exists()
     table = (tmp_path / "sweep.md").read_text()
-    assert sweep_module.PLOT_HINT in table and "sweep.png)" not in table
+    assert tradeoff.PLOT_HINT in table and "sweep.png)" not in table
     assert "| 2x | 1.80x | 90.00% | — | 0.5 | ok |" in table
     assert json.loads((tmp_path / "sweep.json").read_text())["files"].keys() == {"sweep.json", "sweep.md"}
 
@@ -202,9 +201,9 @@ def test_bad_targets_are_refused_before_any_work(tmp_path, capsys, targets):
 
 
 def test_the_sweep_sets_to_and_the_budget_itself(tmp_path):
-    settings = sweep_module.SweepSettings((2,), tmp_path / "out", compress_options={"to": "dwsep"})
+    settings = tradeoff.SweepSettings((2,), tmp_path / "out", compress_options={"to": "dwsep"})
     with pytest.raises(UsageError, match="to are set by the sweep"):
-        sweep_module.sweep(Small(), torch.randn(1, 3, 16, 16), settings)
+        tradeoff.sweep(Small(), torch.randn(1, 3, 16, 16), settings)
     assert not (tmp_path / "out").exists()
 
 
@@ -214,7 +213,7 @@ def test_a_fine_tune_stopped_by_a_signal_ends_the_sweep_after_writing_its_point(
     canned = _canned(swept)
     canned.report.finetune = {**(canned.report.finetune or {}), "interrupted": True, "stopped_by": "SIGTERM"}
     calls = []
-    monkeypatch.setattr(sweep_module, "compress", lambda model, inputs, **kw: calls.append(kw) or canned)
+    monkeypatch.setattr(tradeoff, "compress", lambda model, inputs, **kw: calls.append(kw) or canned)
     out = tmp_path / "out"
     argv = [a for a in _argv(swept.files, out, "1.2,2") if a != "--quiet"]
     assert main(argv) == 143 and len(calls) == 1
@@ -228,7 +227,7 @@ def test_int8_sweep_references_sit_on_the_fp32_scale():
     measured speedup over it, not at 1x."""
     from types import SimpleNamespace
 
-    from convslim.sweep import references
+    from convslim.tradeoff import references
 
     speed = {"32": {"speedup": {"vs_original_fp32": {"original_int8": {"speedup": 1.5}}}}}
     deploy = {"precision": "int8", "speed": speed, "accuracy": {"original_fp32": 0.91, "original_int8": 0.90}}

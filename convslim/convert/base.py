@@ -92,6 +92,10 @@ class Form:
 
     name: str = ""
     options: tuple[Option, ...] = ()
+    # the graph pass (by name, in ``convslim.passes.form_passes``) that runs after this form's convs are swapped
+    # in, before ``finalize``; None: none. A form names its pass rather than importing it, so forms never
+    # depend on passes.
+    graph_pass: str | None = None
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Every option in force: the given ones checked (unknown names refused), the rest at their defaults."""
@@ -134,10 +138,10 @@ class Form:
     def finalize(
         self, module: nn.Module, decisions: list[LayerDecision], notes: list[str]
     ) -> tuple[nn.Module, list[LayerDecision]]:
-        """Graph-level work after this form's convs were swapped in (e.g. folding channel permutations or
-        cancelling split/merge pairs). Gets the whole (copied) model, which it may change, and this form's
-        decisions, which it must not: it returns the model and the decisions as built (new objects where the
-        graph work fixed more of a setting, e.g. octave's channel sets). Appends report notes."""
+        """Work after this form's convs were swapped in and its ``graph_pass`` ran (e.g. a note on layers ORT
+        may run slowly). Gets the whole (copied) model, which it may change, and this form's decisions as the
+        graph pass built them, which it must not change: it returns the model and the decisions as built (new
+        objects where it fixed more of a setting). Appends report notes."""
         return module, decisions
 
 

@@ -44,7 +44,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from convslim.convert import register_form
 from convslim.convert.base import (
     ConvSite,
     Cost,
@@ -54,6 +53,7 @@ from convslim.convert.base import (
     plain_conv2d_reason,
     whole_at_least,
 )
+from convslim.convert.registry import register_form
 from convslim.errors import UsageError
 
 EMISSIONS = ("sum", "concat")

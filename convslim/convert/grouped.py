@@ -18,8 +18,8 @@ Mix. For each input group I_k, the SVD of W[:, I_k] reshaped M × (C/g·Kh·Kw) 
 √σ·Vᵀ (a grouped conv C→R) and a 1×1 conv R→M with columns U·√σ; summing over groups reproduces W exactly at
 full width R = g·min(M, C/g·Kh·Kw). g = C is the depthwise-separable form. Cost: (R·C/g·K² + R·M)·H'W'.
 
-The gathers cost memory traffic, so ``convslim.passes.permute.fold_permutations`` (run by ``finalize``) folds
-them into neighbouring convs, or fixes the channel order where channels are coupled (residual add, concat) with
+The gathers cost memory traffic, so ``convslim.passes.permute.fold_permutations`` (the form's ``graph_pass``)
+folds them into neighbouring convs, or fixes the channel order where channels are coupled (residual add, concat) with
 ``permute="consistent"`` (the default), or keeps them as explicit gathers with ``permute="gather"``.
 
 Example:
@@ -42,7 +42,6 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from convslim.convert import register_form
 from convslim.convert.base import (
     ConvSite,
     Cost,
@@ -52,6 +51,7 @@ from convslim.convert.base import (
     whole_at_least,
     whole_or_fraction,
 )
+from convslim.convert.registry import register_form
 from convslim.core.regroup import Regroupable
 from convslim.errors import UsageError
 
@@ -71,7 +71,7 @@ class GroupedConv(Regroupable):
         self.conv, self.mix = conv, mix
         self.register_buffer("in_index", in_index)
         self.register_buffer("out_index", out_index)
-        # For the graph pass only (dropped by finalize): the dense conv, in a tuple so it is no submodule, and
+        # For the graph pass only (released when it is done): the dense conv, in a tuple so it is no submodule, and
         # the chosen (in_perm, out_perm) channel orders, which stay known after the gathers are folded away.
         self._source = source
         self.orders = orders
@@ -296,6 +296,7 @@ def channel_scale(sample: torch.Tensor | None) -> list[float] | None:
 
 class GroupedForm(Form):
     name = "grouped"
+    graph_pass = "fold_permutations"  # the gathers fold into neighbouring convs (``convslim.passes.permute``)
     options = (
         Option("groups", int, "grouped: groups g", DEFAULT_GROUPS, check=whole_at_least(1)),
         Option("mix", bool, "grouped: add a pointwise 1x1 that mixes the groups", False),
@@ -362,10 +363,6 @@ class GroupedForm(Form):
         return float((effective_weight(convert_grouped(conv, setting)).double() - w).norm() / w.norm())
 
     def finalize(self, module: nn.Module, decisions: list, notes: list[str]) -> tuple[nn.Module, list]:
-        from convslim.passes.permute import fold_permutations
-
-        settings = {d.name: d.setting for d in decisions}
-        module = fold_permutations(module, settings, notes)
         # ORT runs grouped convs on its blocked NCHWc path only with 8- or 16-channel blocks per group
         odd = [d.name for d in decisions if (d.weight_shape[1] // d.setting["groups"]) % 8]
         if odd:

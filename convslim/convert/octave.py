@@ -14,7 +14,7 @@ is no low set and the wrapper is the original conv. MACs with a fraction α on b
 
 Which channels are low is chosen: the ones whose maps lose least under up(avgpool₂(·)) (mean squared loss on
 calibration inputs when given, else the non-DC energy of the kernels that read or write the channel). The
-setting carries those per-channel losses; the graph pass (``finalize`` → ``convslim.passes.octave``) picks one
+setting carries those per-channel losses; the graph pass (``graph_pass`` → ``convslim.passes.octave``) picks one
 assignment per group of channels coupled through residual adds and concat, records it in the setting as
 ``low_in``/``low_out`` and cancels merge → elementwise ops → split chains (the region form). Setting
 ``octave_region=False`` keeps the per-conv wrapper form.
@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convslim.convert import register_form
 from convslim.convert.base import ConvSite, Cost, Form, Option, in_interval, plain_conv2d_reason
 from convslim.convert.octave_conv import (
     MIN_CHANNELS,
@@ -48,6 +47,7 @@ from convslim.convert.octave_conv import (
     octave_split_low,
     octave_upsample,
 )
+from convslim.convert.registry import register_form
 from convslim.errors import UsageError
 
 
@@ -100,6 +100,7 @@ def _conv_size(n: int, i: int, conv: nn.Conv2d) -> int:
 
 class OctaveForm(Form):
     name = "octave"
+    graph_pass = "octave_region"  # split/merge as graph nodes, then cancelled (``convslim.passes.octave``)
     options = (
         Option(
             "alpha",
@@ -170,16 +171,6 @@ class OctaveForm(Form):
     def convert(self, conv: nn.Conv2d, setting: dict[str, Any]) -> nn.Module:
         low_in, low_out = self.low_channels(conv, setting)
         return convert_octave(conv, low_in, low_out)
-
-    def finalize(self, module: nn.Module, decisions: list, notes: list[str]) -> tuple[nn.Module, list]:
-        from torch import fx
-
-        if not isinstance(module, fx.GraphModule):
-            notes.append("octave: per-conv wrapper form (the model was not traced, so no region form)")
-            return module, decisions
-        from convslim.passes.octave import octave_region
-
-        return octave_region(module, decisions, notes)
 
 
 register_form(OctaveForm())

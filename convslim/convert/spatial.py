@@ -43,7 +43,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from convslim.convert import register_form
 from convslim.convert.base import (
     ConvSite,
     Cost,
@@ -54,6 +53,7 @@ from convslim.convert.base import (
     whole_at_least,
     whole_or_fraction,
 )
+from convslim.convert.registry import register_form
 from convslim.errors import UsageError
 
 

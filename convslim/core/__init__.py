@@ -1,5 +1,6 @@
-"""Shared types and FX helpers: the leaf layer every other room may import. It imports nothing of convslim except
-``convslim.errors`` (itself a leaf), so no import cycle can run through it.
+"""Shared types, FX helpers and the output folder (``outputs``: checks, staging, atomic writes): the leaf layer
+every other room may import. It imports nothing of convslim except ``convslim.errors`` (itself a leaf), so no
+import cycle can run through it.
 
 Example:
     >>> from convslim.core import ConvSite, Plan, LayerDecision, Prepared, set_submodule

@@ -1,7 +1,7 @@
 """Plans as data: which conv gets which form at which setting, and why the others are skipped.
 
 A plan can be inspected, saved as JSON, edited and applied later. Policies that produce plans (the uniform
-``convslim.plan.make_plan``, the budgeted ``convslim.planner``) live above this layer.
+``convslim.planner.uniform.make_plan``, the budgeted ``convslim.planner``) live above this layer.
 
 Example:
     >>> plan = Plan(form="dwsep", options={"rank": 1}, layers=[LayerDecision.skipped("conv2d_1", "computed weight")])

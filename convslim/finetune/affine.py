@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from convslim import parallel
 from convslim.core import set_submodule
-from convslim.finetune import distributed
 
 
 def _is_plain_1x1(m: nn.Module) -> bool:
@@ -110,9 +110,9 @@ class TrainNorm(nn.Module):
     @torch.no_grad()
     def set_identity_from_moments(self) -> None:
         n, s1, s2 = self._moments
-        if distributed.active():  # every rank starts from the identity of the global calibration batch
-            n = int(distributed.sum_floats(float(n))[0])
-            s1, s2 = (distributed.all_sum(torch.as_tensor(t, dtype=torch.float64)) for t in (s1, s2))
+        if parallel.active():  # every rank starts from the identity of the global calibration batch
+            n = int(parallel.sum_floats(float(n))[0])
+            s1, s2 = (parallel.all_sum(torch.as_tensor(t, dtype=torch.float64)) for t in (s1, s2))
         if not n:
             return
         mean = s1 / n
@@ -166,7 +166,7 @@ def wrap_all(
     model.eval()
     with torch.no_grad():
         for x, _ in batches:
-            model(distributed.shard(x)[0].to(device))
+            model(parallel.shard(x)[0].to(device))
     for w in wrappers:
         w.recording = False
         w.set_identity_from_moments()

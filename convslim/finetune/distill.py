@@ -13,7 +13,7 @@ Phase B, end-to-end knowledge distillation (Hinton et al. 2015):
 (N×K outputs; other outputs use the relative MSE in place of KL/CE). Both phases use AdamW or SGD (momentum
 0.9) with a cosine learning-rate schedule over their step/time budget; Phase B validates at intervals and keeps
 the best weights. Under torchrun both train in DistributedDataParallel with synchronised BatchNorms
-(``distributed``); ranks agree every step on stopping and on the clock.
+(``convslim.parallel``); ranks agree every step on stopping and on the clock.
 
 Example:
     >>> feature_phase(teacher, student, names, batches, settings, budget, stop)
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from convslim.finetune import distributed
+from convslim import parallel
 
 
 def blocks_of(names: list[str]) -> list[list[str]]:
@@ -196,10 +196,10 @@ def _train(
     history, best, best_state = [], None, None
     next_eval = 1.0 / max(settings.evals, 1)
     seen, t0, losses = 0, time.perf_counter(), []
-    bar = tqdm(desc=desc, total=budget.steps, disable=not (progress and distributed.is_main()), leave=False)
+    bar = tqdm(desc=desc, total=budget.steps, disable=not (progress and parallel.is_main()), leave=False)
     with _data_parallel(student, params, settings) as forward:
         while True:
-            distributed.agree(stop, budget)  # all ranks stop together, on rank 0's clock
+            parallel.agree(stop, budget)  # all ranks stop together, on rank 0's clock
             if not budget.left() or stop.requested:
                 break
             x, y = next(batches)
@@ -215,7 +215,7 @@ def _train(
             loss.backward()
             optimizer.step()
             budget.done += 1
-            seen += len(x) * distributed.world()
+            seen += len(x) * parallel.world()
             losses.append(float(loss.detach()))
             postfix = {"loss": f"{losses[-1]:.4f}", "img/s": f"{seen / (time.perf_counter() - t0):.0f}"}
             if validate is not None and (budget.progress() >= next_eval or not budget.left()):
@@ -231,9 +231,9 @@ def _train(
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
     bar.close()
-    if distributed.active():  # each rank saw its slice: report the mean loss over ranks
-        total = distributed.all_sum(torch.tensor(losses, dtype=torch.float64))
-        losses = (total / distributed.world()).tolist()
+    if parallel.active():  # each rank saw its slice: report the mean loss over ranks
+        total = parallel.all_sum(torch.tensor(losses, dtype=torch.float64))
+        losses = (total / parallel.world()).tolist()
     elapsed = time.perf_counter() - t0
     summary = {
         "steps": budget.done,
@@ -250,21 +250,21 @@ def _train(
 @contextlib.contextmanager
 def _data_parallel(student, params, settings):
     """Under torchrun: ``student`` in DistributedDataParallel over ``params`` only (the rest frozen meanwhile),
-    its BatchNorms synchronised where ``distributed.syncs_batchnorm`` says; alone: ``student`` itself. Hooks
+    its BatchNorms synchronised where ``parallel.syncs_batchnorm`` says; alone: ``student`` itself. Hooks
     and state stay on ``student``."""
-    if not distributed.active():
+    if not parallel.active():
         yield student
         return
     chosen = {id(p) for p in params}
     frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in chosen]
     for p in frozen:
         p.requires_grad_(False)
-    synced = distributed.syncs_batchnorm(settings.sync_batchnorm, settings.batch_size)
-    swapped = distributed.sync_batchnorms(student) if synced else []
+    synced = parallel.syncs_batchnorm(settings.sync_batchnorm, settings.batch_size)
+    swapped = parallel.sync_batchnorms(student) if synced else []
     try:
-        yield distributed.data_parallel(student, next(iter(params)).device)
+        yield parallel.data_parallel(student, next(iter(params)).device)
     finally:
-        distributed.plain_batchnorms(swapped)
+        parallel.plain_batchnorms(swapped)
         for p in frozen:
             p.requires_grad_(True)
 

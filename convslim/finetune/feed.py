@@ -23,9 +23,9 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-from convslim.data import ArrayData
+from convslim import parallel
 from convslim.errors import UsageError
-from convslim.finetune import distributed
+from convslim.inputs.data import ArrayData
 
 Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
@@ -124,7 +124,7 @@ def evaluate(model: nn.Module, teacher: nn.Module | None, source, device, batch_
     model.eval()
     hits, total, err, ref = 0.0, 0, 0.0, 0.0
     for x, y in epoch(source, batch_size, None, shuffle=False):
-        x, y = distributed.shard(x, y)
+        x, y = parallel.shard(x, y)
         if not len(x):
             continue
         x = x.to(device)
@@ -139,7 +139,7 @@ def evaluate(model: nn.Module, teacher: nn.Module | None, source, device, batch_
                 err += float((out - want).pow(2).sum())
                 ref += float(want.pow(2).sum())
         total += len(x)
-    hits, total, err, ref = distributed.sum_floats(hits, total, err, ref)
+    hits, total, err, ref = parallel.sum_floats(hits, total, err, ref)
     if ref > 0:
         return 1.0 - (err / ref) ** 0.5
     return hits / max(total, 1)

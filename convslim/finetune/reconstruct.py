@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from convslim.finetune import distributed
+from convslim import parallel
 from convslim.finetune.affine import linear_heads, output_conv
 
 GRADIENT_STEPS = 60
@@ -66,10 +66,10 @@ def reconstruct(teacher, student, names, batches, device, progress=False, stop=N
     teacher.eval()
     student.eval()
     rows, heads_by_name = [], {}
-    show = progress and distributed.is_main()
+    show = progress and parallel.is_main()
     for name in tqdm(names, desc="stage 1: reconstruct", disable=not show, leave=False):
         if stop is not None:
-            distributed.agree(stop)
+            parallel.agree(stop)
             if stop.requested:
                 break
         module = student.get_submodule(name)
@@ -100,7 +100,7 @@ def _layer_pairs(teacher, student, name, batches, device):
     pairs = []
     with torch.no_grad():
         for x, _ in batches:
-            x = distributed.shard(x)[0].to(device)
+            x = parallel.shard(x)[0].to(device)
             x_t = capture_input(teacher, name, x)
             pairs.append((capture_input(student, name, x), target_conv(x_t)))
     return pairs
@@ -110,7 +110,7 @@ def _layer_pairs(teacher, student, name, batches, device):
 def relative_error(module: nn.Module, pairs) -> float:
     err = sum(float((module(x) - y).pow(2).sum()) for x, y in pairs)
     ref = sum(float(y.pow(2).sum()) for _, y in pairs)
-    err, ref = distributed.sum_floats(err, ref)
+    err, ref = parallel.sum_floats(err, ref)
     return (err / max(ref, 1e-30)) ** 0.5
 
 
@@ -127,7 +127,7 @@ def fit_heads(module: nn.Module, heads: list[nn.Conv2d], pairs, ridge: float = 1
         t = y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]).double()
         gram = f.T @ f if gram is None else gram + f.T @ f
         cross = f.T @ t if cross is None else cross + f.T @ t
-    gram, cross = distributed.all_sum(gram), distributed.all_sum(cross)
+    gram, cross = parallel.all_sum(gram), parallel.all_sum(cross)
     lam = ridge * float(gram.diagonal().mean()) + 1e-12
     solution = torch.linalg.solve(
         gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), cross
@@ -161,7 +161,7 @@ def fit_gradient(module: nn.Module, pairs, steps: int = GRADIENT_STEPS, lr: floa
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         return
-    refs = distributed.all_sum(torch.tensor([float(y.pow(2).sum()) for _, y in pairs], dtype=torch.float64))
+    refs = parallel.all_sum(torch.tensor([float(y.pow(2).sum()) for _, y in pairs], dtype=torch.float64))
     optimizer = torch.optim.Adam(params, lr=lr)
     module.train()
     for step in range(steps):
@@ -169,7 +169,7 @@ def fit_gradient(module: nn.Module, pairs, steps: int = GRADIENT_STEPS, lr: floa
         loss = (module(x) - y).pow(2).sum() / max(float(refs[step % len(pairs)]), 1e-30)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        distributed.sum_grads(params)
+        parallel.sum_grads(params)
         optimizer.step()
     module.eval()
 
@@ -190,14 +190,14 @@ def recalibrate_batchnorm(model: nn.Module, batches, device) -> int:
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    swapped = distributed.sync_batchnorms(model)
+    swapped = parallel.sync_batchnorms(model)
     for x, _ in batches:
-        model(distributed.shard(x)[0].to(device))
-    distributed.plain_batchnorms(swapped)
+        model(parallel.shard(x)[0].to(device))
+    parallel.plain_batchnorms(swapped)
     for m, (momentum, training) in zip(norms, saved, strict=True):
-        if m not in swapped and distributed.active():
+        if m not in swapped and parallel.active():
             for buf in (m.running_mean, m.running_var):
-                buf.copy_(distributed.all_sum(buf) / distributed.world())
+                buf.copy_(parallel.all_sum(buf) / parallel.world())
         m.momentum = momentum
         m.train(training)
     model.eval()

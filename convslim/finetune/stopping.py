@@ -56,14 +56,14 @@ def interruptible() -> Iterator[StopFlag]:
 
 
 @dataclass
-class Budget:
+class TrainBudget:
     """``steps`` and/or ``seconds`` (None: unbounded); ``progress()`` is the larger used fraction, in [0, 1]."""
 
     steps: int | None
     seconds: float | None
     start: float = field(default_factory=time.perf_counter)
     done: int = 0
-    shared_elapsed: float | None = None  # under torchrun: rank 0's clock (``distributed.agree``)
+    shared_elapsed: float | None = None  # under torchrun: rank 0's clock (``parallel.agree``)
 
     def own_elapsed(self) -> float:
         return time.perf_counter() - self.start

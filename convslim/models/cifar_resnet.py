@@ -86,7 +86,9 @@ def resnet56(num_classes: int = 10) -> CifarResNet:
 
 def load_cifar_resnet(path: str | Path) -> CifarResNet:
     """Build the right depth for a checkpoint and load it (``{"state_dict": ...}``, ``module.`` prefixes)."""
-    from convslim.loading import load_state_dict  # models stay importable without the loading machinery
+    from convslim.inputs.loading import (
+        load_state_dict,  # models stay importable without the loading machinery
+    )
 
     state = load_state_dict(path)
     blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("layer1."))

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from convslim.convert import get_form
 from convslim.core import Plan, set_submodule
 from convslim.errors import PlanError
+from convslim.passes.form_passes import run_graph_pass
 
 
 class Rewritten(NamedTuple):
@@ -43,8 +44,8 @@ def rewrite(
 ) -> Rewritten:
     """A copy of ``module`` with every rewritten layer of ``plan`` replaced, and the plan as built.
 
-    After the swaps, each form used gets one ``finalize`` call for graph-level work; its notes go to ``notes``
-    and the decisions it returns replace the plan's in the plan as built.
+    After the swaps, each form used gets its ``graph_pass`` (by name, ``form_passes``) and then one ``finalize``
+    call; their notes go to ``notes`` and the decisions they return replace the plan's in the plan as built.
     """
     module = copy.deepcopy(module)
     rewritten = plan.rewritten
@@ -60,8 +61,11 @@ def rewrite(
     notes = [] if notes is None else notes
     built = {}
     for form_name in dict.fromkeys(d.form for d in rewritten):
+        form = get_form(form_name)
         decisions = [d for d in rewritten if d.form == form_name]
-        module, done = _finalized(get_form(form_name).finalize(module, decisions, notes), form_name)
+        if form.graph_pass is not None:
+            module, decisions = run_graph_pass(form.graph_pass, module, decisions, notes)
+        module, done = _finalized(form.finalize(module, decisions, notes), form_name)
         built.update((d.name, d) for d in done)
     if hasattr(module, "recompile"):
         module.recompile()

@@ -10,7 +10,7 @@ Pass 1 (``expand_octave``) rewrites each ``OctaveConv2d`` call into graph nodes:
 (``cancel_octave``, in ``octave_cancel.py``) replaces merge → commuting ops → split chains by the ops applied
 to (Y_H, Y_L); merges stay only where a consumer needs the full tensor. Both passes are exact.
 
-``octave_region`` is what ``OctaveForm.finalize`` runs: channel assignment, expansion, cancellation, note.
+``octave_region`` is the graph pass ``OctaveForm`` names (``graph_pass``): channel assignment, expansion, cancellation, note.
 
 Example:
     >>> expanded = expand_octave(gm)            # same outputs as gm, explicit split/merge nodes

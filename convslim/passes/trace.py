@@ -88,7 +88,7 @@ def _check_runs(module: nn.Module, example_inputs: tuple, hint: bool = False) ->
         except Exception as exc:  # noqa: BLE001
             message = _input_mismatch_message(example_inputs, exc)
             if hint:
-                from convslim.input_hint import input_size_hint
+                from convslim.inputs.hint import input_size_hint
 
                 message += input_size_hint(module, example_inputs)
             raise UsageError(message) from None

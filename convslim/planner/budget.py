@@ -14,7 +14,7 @@ choice) with the largest Δsaving / Δenergy; an upgrade that saves more *and* d
 An option whose measured latency ratio is ≥ 1 (or that saves nothing) is never chosen.
 
 Example:
-    >>> table = {"a": [Option("a", "dwsep:1", saving=2.0, damage=0.1, ratio=0.5)]}
+    >>> table = {"a": [Choice("a", "dwsep:1", saving=2.0, damage=0.1, ratio=0.5)]}
     >>> select(table, need=1.0).choice
     {'a': 'dwsep:1'}
 """
@@ -27,7 +27,7 @@ EPS = 1e-18
 
 
 @dataclass(frozen=True)
-class Option:
+class Choice:
     """One candidate of one layer as the selector sees it: what it saves (budget units) and its damage."""
 
     layer: str
@@ -53,17 +53,17 @@ class Selection:
         return self.energy**0.5
 
 
-def eligible(options: list[Option]) -> list[Option]:
+def eligible(options: list[Choice]) -> list[Choice]:
     """Drop options that measure slower than (or as fast as) the original layer, or save nothing."""
     return [o for o in options if o.ratio < 1.0 and o.saving > 0 and o.damage == o.damage]  # NaN check
 
 
 def select(
-    table: dict[str, list[Option]], need: float | None = None, max_energy: float | None = None
+    table: dict[str, list[Choice]], need: float | None = None, max_energy: float | None = None
 ) -> Selection:
     """Greedy choice per layer; exactly one of ``need`` (saving to reach) or ``max_energy`` should be given."""
     options = {layer: eligible(opts) for layer, opts in table.items()}
-    current: dict[str, Option | None] = {layer: None for layer in options}
+    current: dict[str, Choice | None] = {layer: None for layer in options}
     saving = energy = 0.0
     while need is None or saving < need:
         step = _best_upgrade(options, current, energy, max_energy)
@@ -80,7 +80,7 @@ def select(
     return Selection(choice=choice, saving=saving, energy=energy, reached=reached)
 
 
-def _best_upgrade(options, current, energy: float, max_energy: float | None) -> Option | None:
+def _best_upgrade(options, current, energy: float, max_energy: float | None) -> Choice | None:
     best, best_score = None, -1.0
     for layer, opts in options.items():
         old = current[layer]
@@ -114,7 +114,7 @@ def _trim(options, current, need: float, saving: float, energy: float) -> tuple[
     return saving, energy
 
 
-def blend(table: dict[str, list[Option]], slow: Selection, fast: Selection) -> Selection | None:
+def blend(table: dict[str, list[Choice]], slow: Selection, fast: Selection) -> Selection | None:
     """A selection between ``slow`` and ``fast``: half of the layers where they differ take ``fast``'s choice,
     those whose switch buys the most saving per unit of added error energy first. None if they differ in
     fewer than two layers (nothing lies between them).
@@ -124,7 +124,7 @@ def blend(table: dict[str, list[Option]], slow: Selection, fast: Selection) -> S
     """
     index = {(o.layer, o.key): o for opts in table.values() for o in opts}
 
-    def option(selection: Selection, layer: str) -> Option | None:
+    def option(selection: Selection, layer: str) -> Choice | None:
         key = selection.choice.get(layer)
         return None if key is None else index[(layer, key)]
 

@@ -7,7 +7,7 @@ import torch
 from ranks import trained_tiny  # the model the multi-process scenarios build too
 
 from convslim import apply, plan, prepare
-from convslim.data import ArrayData
+from convslim.inputs.data import ArrayData
 
 
 @pytest.fixture(autouse=True)

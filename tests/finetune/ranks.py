@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from convslim import apply, compress, plan, prepare
-from convslim.data import ArrayData
-from convslim.finetune import distributed, finetune
+from convslim import apply, compress, parallel, plan, prepare
+from convslim.finetune import finetune
 from convslim.finetune.reconstruct import reconstruct
+from convslim.inputs.data import ArrayData
 
 EXAMPLE = (1, 3, 16, 16)
 
@@ -117,7 +117,7 @@ class SignalOnRank1:
     def __iter__(self):
         for x, y in self.data.batches(32):
             self.taken += 1
-            if self.taken == self.after and distributed.rank() == 1:
+            if self.taken == self.after and parallel.rank() == 1:
                 os.kill(os.getpid(), signal.SIGTERM)
             yield x, y
 

@@ -10,7 +10,7 @@ from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings, finetune
 from convslim.finetune.distill import blocks_of, kd_phase
 from convslim.finetune.feed import augment, mixup
-from convslim.finetune.stopping import Budget, StopFlag
+from convslim.finetune.stopping import StopFlag, TrainBudget
 
 
 def _kd_loss(student, teacher, x, temperature=4.0):
@@ -36,7 +36,7 @@ def test_kd_phase_lowers_kd_loss(tiny_compressed, tiny_data):
     before = _kd_loss(student, teacher, tiny_data.x)
     settings = FinetuneSettings(lr=3e-3, evals=1)
     batches = iter(lambda: (tiny_data.x[:48], tiny_data.y[:48]), None)
-    summary, _ = kd_phase(teacher, student, names, batches, settings, Budget(40, None), StopFlag())
+    summary, _ = kd_phase(teacher, student, names, batches, settings, TrainBudget(40, None), StopFlag())
     assert summary["steps"] == 40
     assert _kd_loss(student, teacher, tiny_data.x) < 0.7 * before
 
@@ -77,7 +77,7 @@ def test_mixup_blends_pairs_of_samples_of_the_batch():
 
 
 def test_mixup_batches_carry_no_labels_so_the_teacher_is_the_target(tiny_data):
-    from convslim.finetune import _batches
+    from convslim.finetune.recipe import _batches
 
     s = FinetuneSettings(batch_size=16, mixup=0.4, augment=False, channels_last=False)
     x, y = next(_batches(tiny_data, s, torch.Generator().manual_seed(0), torch.device("cpu")))
@@ -101,17 +101,17 @@ def test_finetune_with_mixup_recovers_a_damaged_model(tiny_compressed, tiny_data
 
 
 def test_stage2_that_scores_below_stage1_returns_the_stage1_weights(tiny_compressed, tiny_data, monkeypatch):
-    import convslim.finetune as ft
+    import convslim.finetune.recipe as recipe
 
     def wrecking_stage2(stage, heads):
         with torch.no_grad():
             for param in stage.student.parameters():
                 param.copy_(torch.randn_like(param))  # what a far too high learning rate does
-        return ft.Stage2Result(best=None, wrapped=[], report={})
+        return recipe.Stage2Result(best=None, wrapped=[], report={})
 
-    monkeypatch.setattr(ft, "_stage2", wrecking_stage2)
+    monkeypatch.setattr(recipe, "_stage2", wrecking_stage2)
     prepared, p, student = tiny_compressed
-    model, report = ft.finetune(tiny_data, tiny_data, steps=2, progress=False)(prepared, student, p)
+    model, report = finetune(tiny_data, tiny_data, steps=2, progress=False)(prepared, student, p)
     accuracy = report["accuracy"]
     assert accuracy["stage2"] < accuracy["stage1"] and report["kept"] == "stage1"
     with torch.no_grad():

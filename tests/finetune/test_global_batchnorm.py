@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from convslim import parallel
 from convslim.errors import UsageError
-from convslim.finetune import FinetuneSettings, distributed
-from convslim.finetune.distributed import _GlobalBatchNormFn
+from convslim.finetune import FinetuneSettings
+from convslim.parallel import _GlobalBatchNormFn
 
 
 def _grads(fn, x, weight, bias, dy):
@@ -73,9 +74,9 @@ def test_returns_the_global_statistics_for_the_running_averages():
     ],
 )
 def test_sync_policy(monkeypatch, mode, batch, world, expected):
-    monkeypatch.setattr(distributed, "active", lambda: world > 1)
-    monkeypatch.setattr(distributed, "world", lambda: world)
-    assert distributed.syncs_batchnorm(mode, batch) is expected
+    monkeypatch.setattr(parallel, "active", lambda: world > 1)
+    monkeypatch.setattr(parallel, "world", lambda: world)
+    assert parallel.syncs_batchnorm(mode, batch) is expected
 
 
 def test_unknown_sync_mode_is_a_usage_error():

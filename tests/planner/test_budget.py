@@ -6,15 +6,15 @@ import itertools
 
 import pytest
 
-from convslim.planner.budget import Option, Selection, blend, select
+from convslim.planner.budget import Choice, Selection, blend, select
 
 
 def _table():
     # three layers, each with a cheap/lossy and a mild option; times in arbitrary units
     return {
-        "a": [Option("a", "a1", 5.0, 0.30, 0.3), Option("a", "a2", 2.0, 0.05, 0.7)],
-        "b": [Option("b", "b1", 4.0, 0.10, 0.4), Option("b", "b2", 1.0, 0.01, 0.9)],
-        "c": [Option("c", "c1", 3.0, 0.50, 0.5)],
+        "a": [Choice("a", "a1", 5.0, 0.30, 0.3), Choice("a", "a2", 2.0, 0.05, 0.7)],
+        "b": [Choice("b", "b1", 4.0, 0.10, 0.4), Choice("b", "b2", 1.0, 0.01, 0.9)],
+        "c": [Choice("c", "c1", 3.0, 0.50, 0.5)],
     }
 
 
@@ -54,8 +54,8 @@ def test_unreachable_budget_is_reported():
 
 def test_never_selects_a_slower_candidate():
     table = {
-        "a": [Option("a", "fast", 1.0, 0.5, 0.8), Option("a", "slow", 3.0, 0.0, 1.2)],
-        "b": [Option("b", "equal", 2.0, 0.0, 1.0)],
+        "a": [Choice("a", "fast", 1.0, 0.5, 0.8), Choice("a", "slow", 3.0, 0.0, 1.2)],
+        "b": [Choice("b", "equal", 2.0, 0.0, 1.0)],
     }
     chosen = select(table, need=100.0)
     assert chosen.choice == {"a": "fast"}
@@ -72,7 +72,7 @@ def test_error_budget_caps_damage_and_maximises_saving():
 
 def test_speedup_budget_arithmetic_through_plan_numbers():
     # a model of 10 time units; speedup 2 needs 5 units saved
-    table = {"x": [Option("x", "x1", 6.0, 0.2, 0.4)], "y": [Option("y", "y1", 4.0, 0.01, 0.6)]}
+    table = {"x": [Choice("x", "x1", 6.0, 0.2, 0.4)], "y": [Choice("y", "y1", 4.0, 0.01, 0.6)]}
     need = 10.0 * (1 - 1 / 2.0)
     chosen = select(table, need=need)
     assert 10.0 / (10.0 - chosen.saving) >= 2.0

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from convslim.api import prepare
 from convslim.models import resnet20
-from convslim.planner import plan_budgeted
+from convslim.planner import plan_to_budget
 from convslim.planner.closed_loop import MAX_ROUNDS, OVERSHOOT, pick_round, realised_share, search
 
 
@@ -107,21 +107,21 @@ def test_search_bisects_between_selections_when_the_greedy_jumps():
 
 
 def test_speed_budget_reports_whole_model_measurements(tmp_path, monkeypatch):
-    import convslim.planner as planner
+    import convslim.planner.budgeted as budgeted
 
     monkeypatch.setenv("CONVSLIM_CACHE_DIR", str(tmp_path))
     seen: list[float] = []
-    real = planner.measure_plan_speedup
+    real = budgeted.measure_plan_speedup
 
     def spy(*args, seconds, **kwargs):
         seen.append(seconds)
         return real(*args, seconds=seconds, **kwargs)
 
-    monkeypatch.setattr(planner, "measure_plan_speedup", spy)
+    monkeypatch.setattr(budgeted, "measure_plan_speedup", spy)
     prepared = prepare(resnet20().eval(), torch.randn(1, 3, 32, 32))
-    plan = plan_budgeted(prepared, "dwsep", target_speedup=1.5, batch=4, seconds=0.02)
+    plan = plan_to_budget(prepared, "dwsep", target_speedup=1.5, batch=4, seconds=0.02)
     # ``seconds`` reaches the whole-model rounds (scaled as at the default: 0.3 s per candidate, 3 s per round)
-    assert seen and all(s == pytest.approx(0.02 * planner.ROUND_SECONDS_FACTOR) for s in seen)
+    assert seen and all(s == pytest.approx(0.02 * budgeted.ROUND_SECONDS_FACTOR) for s in seen)
     rounds = plan.planning["rounds"]
     assert 1 <= len(rounds) <= MAX_ROUNDS and sum(r.get("chosen", False) for r in rounds) == 1
     chosen = next(r for r in rounds if r.get("chosen"))

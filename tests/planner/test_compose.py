@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convslim.planner.budget import Option, select
+from convslim.planner.budget import Choice, select
 from convslim.planner.closed_loop import OVERSHOOT, search
 from convslim.planner.compose import layer_scale, max_multiplier, predicted_time
 
@@ -22,7 +22,7 @@ def _table(alone: list[float], saved_share: float, overstate: float):
     scale = layer_scale(BASE_S, sum(times))
     raw = {f"l{i}": t * saved_share for i, t in enumerate(times)}
     table = {
-        name: [Option(name, "cand", saving=s * scale, damage=0.01 * (i + 1), ratio=1 - saved_share)]
+        name: [Choice(name, "cand", saving=s * scale, damage=0.01 * (i + 1), ratio=1 - saved_share)]
         for i, (name, s) in enumerate(raw.items())
     }
     return table, raw

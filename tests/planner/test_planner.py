@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from convslim.api import apply, prepare
+from convslim.core import Plan
 from convslim.errors import PlanError, UsageError
-from convslim.plan import Plan
-from convslim.planner import LatencyCache, latency, plan_budgeted
+from convslim.planner import LatencyCache, latency, plan_to_budget
 from convslim.planner.candidates import candidates_for, parse_forms
 
 FAST = {"batch": 4, "seconds": 0.02}
@@ -46,19 +46,19 @@ def prepared():
 @pytest.fixture(scope="module")
 def shared_plan(prepared, tmp_path_factory):
     cache = LatencyCache(tmp_path_factory.mktemp("cache"))
-    return plan_budgeted(prepared, "dwsep", target_macs=0.5, cache=cache, **FAST)
+    return plan_to_budget(prepared, "dwsep", target_macs=0.5, cache=cache, **FAST)
 
 
 def test_cache_misses_then_hits(prepared, cache_dir, monkeypatch):
     monkeypatch.setattr(latency, "NOISY", float("inf"))  # tiny timings are noisy; a re-measure would miss
     first = LatencyCache()
-    plan_budgeted(prepared, "dwsep", target_macs=0.5, cache=first, **FAST)
+    plan_to_budget(prepared, "dwsep", target_macs=0.5, cache=first, **FAST)
     assert first.misses > 0
     assert (cache_dir / latency.CACHE_FILE).is_file()
     # b and c share shape and config: the second one already hit within the first plan
     assert first.hits > 0
     second = LatencyCache()
-    plan = plan_budgeted(prepared, "dwsep", target_macs=0.5, cache=second, **FAST)
+    plan = plan_to_budget(prepared, "dwsep", target_macs=0.5, cache=second, **FAST)
     assert plan.planning["reached"] and plan.planning["predicted_macs_fraction"] <= 0.5
     assert second.misses == 0 and second.hits == first.hits + first.misses
     assert plan.planning["cache_misses"] == 0
@@ -68,7 +68,7 @@ def test_never_chooses_a_layer_measured_slower(prepared, cache_dir):
     from convslim.planner.candidates import GRID
 
     one_each = {form: options[:1] for form, options in GRID.items()}  # every form, one setting: keeps it fast
-    plan = plan_budgeted(prepared, "auto", target_macs=0.3, grid=one_each, **FAST)
+    plan = plan_to_budget(prepared, "auto", target_macs=0.3, grid=one_each, **FAST)
     for d in plan.rewritten:
         assert d.measured["ratio"] < 1.0, d.name
     for d in plan.layers:
@@ -104,9 +104,9 @@ def test_plan_for_another_shape_is_a_clear_plan_error(shared_plan):
 
 def test_budget_and_form_errors(prepared, cache_dir):
     with pytest.raises(UsageError, match="exactly one budget"):
-        plan_budgeted(prepared, "dwsep", **FAST)
+        plan_to_budget(prepared, "dwsep", **FAST)
     with pytest.raises(UsageError, match="above 1"):
-        plan_budgeted(prepared, "dwsep", target_speedup=0.5, **FAST)
+        plan_to_budget(prepared, "dwsep", target_speedup=0.5, **FAST)
     with pytest.raises(UsageError, match="unknown form 'nosuch'"):
         parse_forms("dwsep,nosuch")
 

@@ -102,14 +102,14 @@ def test_int8_layers_count_at_their_faster_precision(prepared, monkeypatch):
 
 def test_int8_plan_measures_against_the_fp32_original(prepared, tmp_path, monkeypatch):
     """--target-speedup under cpu-int8 is read against the original as users run it today: in fp32."""
-    from convslim.planner import plan_budgeted
+    from convslim.planner import plan_to_budget
     from convslim.runtime import int8_speed, int8_whole
     from convslim.runtime.export import export_bytes
 
     monkeypatch.setenv("CONVSLIM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(int8_speed, "time_node", lambda *a: 0.7)  # what int8 deploys is not the point here
     monkeypatch.setattr(int8_whole, "speed_ratio", lambda *a: 1.0)
-    plan = plan_budgeted(
+    plan = plan_to_budget(
         prepared,
         "dwsep",
         target_speedup=1.1,

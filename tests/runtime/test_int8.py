@@ -8,8 +8,8 @@ import onnx
 import pytest
 import torch
 
-from convslim.data import ArrayData
 from convslim.errors import UsageError
+from convslim.inputs.data import ArrayData
 from convslim.runtime import get_target
 from convslim.runtime.int8 import Calibration, Int8Settings, cpu_has_vnni, node_kinds
 

@@ -23,12 +23,19 @@ def test_unknown_target_lists_known_ones():
         assert name in str(info.value)
 
 
-def test_a_name_is_registered_once():
+def test_a_taken_name_needs_replace_as_for_forms():
     class Again(Target):
         name = "cpu"
 
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(UsageError, match="already registered .* pass replace=True"):
         register_target(Again())
+    original = get_target("cpu")
+    again = Again()
+    try:
+        assert register_target(again, replace=True) is again and get_target("cpu") is again
+    finally:
+        register_target(original, replace=True)
+    assert get_target("cpu") is original
 
 
 @pytest.mark.parametrize("name", ["cuda", "tensorrt"])

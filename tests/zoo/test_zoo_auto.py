@@ -13,7 +13,7 @@ import convslim
 from convslim.api import prepare
 from convslim.errors import UsageError
 from convslim.models.zoo import build
-from convslim.planner import LatencyCache, plan_budgeted
+from convslim.planner import LatencyCache, plan_to_budget
 from convslim.planner.verdict import NOTHING_FASTER
 
 GRID = {
@@ -36,7 +36,7 @@ TINY = {"batch": 2, "seconds": 0.005, "grid": GRID}
 def test_auto_plan_exports_with_parity(name, budget, tmp_path):
     model, shape = build(name)
     x = torch.randn(shape)
-    plan = plan_budgeted(prepare(model, x), "auto", cache=LatencyCache(tmp_path), **budget, **TINY)
+    plan = plan_to_budget(prepare(model, x), "auto", cache=LatencyCache(tmp_path), **budget, **TINY)
     assert all(d.form or d.skipped_reason for d in plan.layers)
     timed = {row["layer"] for row in plan.planning["layer_timings"]}
     assert timed and all(row["original_ms"] > 0 for row in plan.planning["layer_timings"])
@@ -57,10 +57,10 @@ def test_nothing_faster_is_said_plainly_and_the_model_kept(monkeypatch, tmp_path
         for cand in candidates:
             cand.measured = {"orig_s": 1e-3, "cand_s": 1.5e-3, "ratio": 1.5, "saved_s": -5e-4, "spread": 0.0}
 
-    monkeypatch.setattr("convslim.planner.measure_candidates", all_slower)
+    monkeypatch.setattr("convslim.planner.budgeted.measure_candidates", all_slower)
     model, shape = build("mobilenet_v2")
     x = torch.randn(shape)
-    plan = plan_budgeted(prepare(model, x), "auto", target_speedup=1.3, **TINY)
+    plan = plan_to_budget(prepare(model, x), "auto", target_speedup=1.3, **TINY)
     assert not plan.rewritten
     with pytest.raises(UsageError, match="nothing was rewritten: no layer of this model gets faster"):
         convslim.compress(model, x, plan=plan, measure_speed=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from convslim.convert import FORMS
 from convslim.core import Plan
-from convslim.plan import decide
+from convslim.planner.uniform import decide
 
 
 def mixed_plan(sites) -> Plan:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+from convslim.core.registry import register
 from convslim.errors import UsageError
 from convslim.runtime.targets.base import Target
 
 _TARGETS: dict[str, Target] = {}
 
 
-def register_target(target: Target) -> Target:
-    """Add ``target`` under ``target.name``; a second target with the same name is refused."""
-    if target.name in _TARGETS:
-        raise ValueError(f"a runtime target named {target.name!r} is already registered")
-    _TARGETS[target.name] = target
-    return target
+def register_target(target: Target, *, replace: bool = False) -> Target:
+    """Add ``target`` under ``target.name`` (users may register their own targets). A name already taken is an
+    error unless ``replace=True`` says the new target is meant to take its place (as ``register_form``)."""
+    return register(_TARGETS, target.name, target, "runtime target", replace=replace)
 
 
 def get_target(name: str | Target) -> Target:

@@ -1,6 +1,6 @@
 """The uniform planning policy (``make_plan``) and the per-conv decision every policy builds (``decide``).
 
-``Plan`` and ``LayerDecision`` are data in ``convslim.core`` (re-exported here). ``make_plan`` is the default policy:
+``Plan`` and ``LayerDecision`` are data in ``convslim.core``. ``make_plan`` is the default policy:
 one form, settings from the user's options, every conv the form supports. Other policies (a budgeted
 planner) produce the same ``Plan``.
 
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from convslim.convert import get_form
-from convslim.core import PLAN_VERSION, ConvSite, LayerDecision, Plan, dense_cost
+from convslim.core import ConvSite, LayerDecision, Plan, dense_cost
 
 
 def decide(
@@ -83,4 +83,4 @@ def make_plan(
     return plan
 
 
-__all__ = ["PLAN_VERSION", "LayerDecision", "Plan", "decide", "excluded", "make_plan", "site_skip_reason"]
+__all__ = ["decide", "excluded", "make_plan", "site_skip_reason"]

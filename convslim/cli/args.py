@@ -153,8 +153,8 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
 
 def data_sets(args: argparse.Namespace, model, inputs) -> dict:
     """The data flags given (--data, --val-data, --calib-data), loaded and checked against the model's inputs
-    and classes (``convslim.data.load_for_model``)."""
-    from convslim.data import load_for_model, output_classes, parse_floats, parse_size
+    and classes (``convslim.inputs.data.load_for_model``)."""
+    from convslim.inputs.data import load_for_model, output_classes, parse_floats, parse_size
 
     calib = getattr(args, "calib_data", None)
     if args.val_data and not (args.data or calib):
@@ -308,7 +308,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def load_model_and_inputs(args: argparse.Namespace):
-    from convslim.loading import load_model, parse_input_shapes
+    from convslim.inputs.loading import load_model, parse_input_shapes
 
     shapes = parse_input_shapes(args.input_shape)
     model = load_model(

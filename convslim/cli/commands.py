@@ -17,7 +17,8 @@ import signal
 import sys
 from pathlib import Path
 
-from convslim.cli_args import (
+from convslim import parallel
+from convslim.cli.args import (
     add_budget_args,
     add_check_args,
     add_exclude_arg,
@@ -38,7 +39,6 @@ from convslim.cli_args import (
     runtime_name,
 )
 from convslim.errors import ConvslimError, UsageError
-from convslim.finetune import distributed
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 128 + signal.SIGINT
 
@@ -81,7 +81,7 @@ def _compress_args(c: argparse.ArgumentParser) -> None:
 def _compress(args: argparse.Namespace) -> int:
     from convslim.api import compress
     from convslim.core import Plan
-    from convslim.outputs import CLI_WORDS, check_output_dir
+    from convslim.core.outputs import CLI_WORDS, check_output_dir
 
     inputs = [args.model] + ([args.plan] if args.plan else [])
     removed = check_output_dir(args.out, inputs=inputs, overwrite=args.overwrite, words=CLI_WORDS)
@@ -127,7 +127,7 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _finish(result, args: argparse.Namespace) -> int:
-    if not distributed.is_main():  # under torchrun rank 0 speaks (and writes) for all ranks
+    if not parallel.is_main():  # under torchrun rank 0 speaks (and writes) for all ranks
         return EXIT_OK
     print(result.report.summary())
     print(f"  outputs: {args.out}/ ({', '.join(Path(p).name for p in result.report.outputs.values())})")
@@ -154,7 +154,7 @@ def _finetune_args(f: argparse.ArgumentParser) -> None:
 
 def _finetune(args: argparse.Namespace) -> int:
     from convslim.api import finetune_output
-    from convslim.outputs import CLI_WORDS, check_output_dir
+    from convslim.core.outputs import CLI_WORDS, check_output_dir
 
     if not args.data:
         raise UsageError("finetune needs --data (the training data)")
@@ -235,7 +235,7 @@ def _plan_args(pl: argparse.ArgumentParser) -> None:
 
 def _plan(args: argparse.Namespace) -> int:
     from convslim.api import plan, plan_budgeted, prepare, wants_budgeted
-    from convslim.outputs import CLI_WORDS, atomic_write_text, check_output_file
+    from convslim.core.outputs import CLI_WORDS, atomic_write_text, check_output_file
 
     out = Path(args.out)
     check_output_file(out, args.overwrite, CLI_WORDS)
@@ -290,7 +290,7 @@ def _inspect_args(i: argparse.ArgumentParser) -> None:
 
 def _inspect(args: argparse.Namespace) -> int:
     from convslim.api import export_blocker, prepare
-    from convslim.inspect import inspect_rows, inspect_table
+    from convslim.cli.inspect import inspect_rows, inspect_table
 
     model, inputs = load_model_and_inputs(args)
     prepared = prepare(model, inputs)
@@ -323,8 +323,8 @@ def _sweep_args(s: argparse.ArgumentParser) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from convslim.outputs import CLI_WORDS, check_output_dir
-    from convslim.sweep import SweepSettings, check_targets, sweep
+    from convslim.core.outputs import CLI_WORDS, check_output_dir
+    from convslim.tradeoff import SweepSettings, check_targets, sweep
 
     if not args.data:
         raise UsageError("sweep needs --data (the training data): each point is fine-tuned and scored")
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("compress", "finetune"):  # under torchrun: join the other ranks
-            args.device = distributed.init_from_env(args.device)
+            args.device = parallel.init_from_env(args.device)
         return COMMANDS[args.command][2](args)
     except ConvslimError as exc:
         if args.debug:
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         print("convslim: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        distributed.shutdown()
+        parallel.shutdown()
 
 
 if __name__ == "__main__":

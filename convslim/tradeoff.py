@@ -32,9 +32,9 @@ from typing import Any
 from torch import nn
 
 from convslim.api import compress
+from convslim.core.outputs import atomic_write_bytes, atomic_write_text, check_output_dir
 from convslim.errors import ConvslimError, UsageError
-from convslim.outputs import atomic_write_bytes, atomic_write_text, check_output_dir
-from convslim.report import Report
+from convslim.report.report import Report
 from convslim.runtime.deploy import int8_original
 
 FIXED = {

@@ -20,8 +20,8 @@ from torch import nn
 
 from convslim.convert import get_form
 from convslim.core import Plan, Prepared
-from convslim.outputs import staged_output_dir
-from convslim.report import Report
+from convslim.core.outputs import staged_output_dir
+from convslim.report.report import Report
 from convslim.runtime.deploy import (
     FILES,
     DeploySettings,
@@ -35,7 +35,7 @@ from convslim.runtime.deploy import (
 from convslim.runtime.export import export_model, file_sha256, fixed_input_shape, op_counts
 from convslim.runtime.measure import measure_speed
 from convslim.runtime.targets import get_target
-from convslim.verify import compare_models, judge_with_floor, onnx_parity
+from convslim.verify.parity import compare_models, judge_with_floor, onnx_parity
 
 PARITY_BATCH_SIZES = (1, 4)
 
@@ -210,7 +210,7 @@ def _write_outputs(report: Report, models: dict, program, compressed, plan: Plan
 def explain_parity(report: Report, programs: tuple, scratch: Path, inputs: tuple, tolerance: float) -> None:
     """When the original's own ONNX disagrees with PyTorch beyond ``tolerance``, or the compressed model fails,
     name the first intermediate value (and op) where ORT departs from PyTorch, in a report note."""
-    from convslim.diagnose import divergence_note, first_divergence
+    from convslim.verify.diagnose import divergence_note, first_divergence
 
     checks = (
         ("original", report.parity["original_onnx_vs_torch"], programs[0], "original.onnx"),

@@ -1,4 +1,5 @@
-r"""Fine-tuning under torchrun: one process per device, the process group from the environment.
+r"""Running under torchrun: one process per device, the process group from the environment. The CLI joins the
+group, the API plans on rank 0 and shares the plan, fine-tuning splits its data and sums its statistics here.
 
 ``torchrun --nproc_per_node N -m convslim ...`` (or any launcher that sets RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT) starts N copies; ``init_from_env`` joins them (gloo on CPU, nccl on CUDA, where each

@@ -11,7 +11,7 @@ from typing import Any
 
 from convslim.convert import get_form
 from convslim.core import Prepared, dense_cost
-from convslim.plan import site_skip_reason
+from convslim.planner.uniform import site_skip_reason
 
 
 def options_per_form(forms: list[str], options: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -21,7 +21,7 @@ import onnx
 import torch
 from torch import fx
 
-from convslim.verify import make_session
+from convslim.verify.parity import make_session
 
 _ONNX_TYPES = {torch.float32: onnx.TensorProto.FLOAT, torch.float64: onnx.TensorProto.DOUBLE}
 

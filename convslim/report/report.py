@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from convslim.core import Plan
-from convslim.report_deploy import deploy_lines, deploy_markdown
+from convslim.report.deploy import deploy_lines, deploy_markdown
 
 
 @dataclass

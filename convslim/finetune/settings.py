@@ -1,0 +1,57 @@
+"""The fine-tune's settings: the recipe's knobs, each checked before any work (``FinetuneSettings.check``).
+
+Example:
+    >>> FinetuneSettings(steps=300, lr=5e-4).check()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from convslim.errors import UsageError
+
+DEFAULT_STEPS = 1000
+
+
+@dataclass
+class FinetuneSettings:
+    steps: int | None = (
+        None  # optimiser steps over stage 2 (both phases); None with no minutes: DEFAULT_STEPS
+    )
+    minutes: float | None = None  # wall-time budget for the whole fine-tune
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adamw"  # or "sgd"
+    weight_decay: float = 0.0
+    temperature: float = 4.0
+    ce_weight: float = 1.0
+    feature_weight: float = 0.0  # phase B feature matching at rewritten layers
+    feature_fraction: float = 0.5  # share of stage 2 spent block-wise (phase A)
+    calibration_samples: int = 1024
+    augment: bool = True
+    mixup: float = 0.0  # Beta(α, α) mixing of inputs; > 0 trains on the teacher's outputs alone (no labels)
+    train_bn: bool = True
+    # stage 1; off when the weights were fine-tuned already (``FinetuneHook.resuming``)
+    reconstruct: bool = True
+    sync_batchnorm: str = "auto"  # under torchrun: "on", "off", or "auto" (sync under 32 samples per rank)
+    evals: int = 4
+    seed: int = 0
+    device: str | None = None
+    channels_last: bool = True  # NHWC: 2-3x faster conv training on CPU
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise UsageError(f"--finetune-steps must be ≥ 1, got {self.steps}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise UsageError(f"--finetune-minutes must be > 0, got {self.minutes}")
+        if self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
+            raise UsageError("--batch-size, --lr and --temperature must be positive")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise UsageError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.sync_batchnorm not in ("auto", "on", "off"):
+            raise UsageError(f"--sync-batchnorm must be auto, on or off, got {self.sync_batchnorm!r}")
+        if self.mixup < 0:
+            raise UsageError(f"--mixup must be ≥ 0 (0: off), got {self.mixup}")
+        if not 0 <= self.feature_fraction < 1:
+            raise UsageError(f"feature_fraction must be in [0, 1), got {self.feature_fraction}")
