@@ -45,7 +45,7 @@ def run(name: str, target: float, args) -> None:
             cache=LatencyCache(cache) if args.cold else None,
         )
     result = convslim.compress(model, x, plan=plan, batch_sizes=args.batch_sizes)
-    speed = result.report.speed.get("ort_cpu", {})
+    speed = result.report.latency_tables().get("ort_cpu", {})
     shown = ", ".join(f"batch {b}: {v['speedup']:.2f}x" for b, v in speed.items() if "speedup" in v)
     p = plan.planning
     print(f"\n## {name} --target-speedup {target}: {len(plan.rewritten)}/{len(plan.layers)} convs rewritten")

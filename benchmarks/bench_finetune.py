@@ -68,7 +68,7 @@ def run_one(
     )
     ft = result.report.finetune
     acc = ft["accuracy"]
-    speed = result.report.speed.get("ort_cpu", {})
+    speed = result.report.latency_tables().get("ort_cpu", {})
     return {
         "model": name,
         "form": form,

@@ -35,8 +35,8 @@ def run_one(model, example, val, calibration, label: str, **kwargs) -> dict:
     return {
         "setting": label,
         "predicted": planning.get("predicted_speedup"),
-        "measured": report.speed["ort_cpu"]["32"]["speedup"],
-        "spread_warn": "warning" in report.speed["ort_cpu"]["32"],
+        "measured": report.latency_tables()["ort_cpu"]["32"]["speedup"],
+        "spread_warn": "warning" in report.latency_tables()["ort_cpu"]["32"],
         "rel_l2": float((output - reference).norm() / reference.norm()),
         "top1": top1(result.model, x, y),
         "plan_s": planning.get("planning_s"),

@@ -50,7 +50,7 @@ def run_one(name: str, label: str, args, calibration, cache: Path, **kwargs) -> 
         stopwatch = long_block(out, example, args.batch_sizes, args)
     rows = []
     for batch, check in stopwatch.items():
-        reported = result.report.speed["ort_cpu"][batch]
+        reported = result.report.latency_tables()["ort_cpu"][batch]
         ratio = reported["speedup"] / check["speedup"]
         rows.append(
             {

@@ -12,31 +12,29 @@ the plan as built (what graph-level work fixed, e.g. octave's channel sets) as a
 
 from __future__ import annotations
 
-import copy
 import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from convslim.convert import get_form
-from convslim.core import ConvSite, Plan, Prepared, TracedModel
+from convslim.core import ConvSite, Plan, Prepared
+from convslim.core.outputs import check_output_dir
 from convslim.errors import PlanError, UsageError
-from convslim.inputs.loading import check_finite
-from convslim.options import Budget, Checks, Output, gather
-from convslim.passes import collect_conv_sites, fold_batchnorm, trace_model
+from convslim.options import CompressOptions
 from convslim.passes.apply_plan import Rewritten
 from convslim.passes.apply_plan import rewrite as rewrite_plan
-from convslim.passes.trace import propagate_shapes_, without_export_guards
+from convslim.passes.prepare import prepare
 from convslim.planner.uniform import make_plan
 from convslim.report.report import Report
 from convslim.report.runinfo import run_record
+from convslim.report.sections import FinetuneSection, PlanSection, RewriteSection, RunSection
 from convslim.runtime.deploy import DeploySettings
-from convslim.verify.parity import DEFAULT_RTOL
 
 
 @dataclass
@@ -48,54 +46,6 @@ class CompressionResult:
     report: Report
     plan: Plan
     prepared: Prepared
-
-
-def as_inputs(example_inputs) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    return tuple(example_inputs)
-
-
-def prepare(model: nn.Module, example_inputs, calibration: torch.Tensor | None = None) -> Prepared:
-    """Copy, trace, fold BatchNorm and find every conv with its shapes.
-
-    With ``calibration`` (a batch of real inputs), each site also gets ``input_sample``: what the conv sees on
-    the first 64 of them, for forms that choose from activations.
-    """
-    if not isinstance(model, nn.Module):
-        raise UsageError(f"expected an nn.Module, got {type(model).__name__}")
-    example_inputs = as_inputs(example_inputs)
-    check_finite(model)
-    original = without_export_guards(copy.deepcopy(model).eval())
-    traced = trace_model(original, example_inputs)
-    folded = 0
-    if traced.mode == "fx":
-        gm, folded = fold_batchnorm(traced.graph_module)
-        traced = TracedModel(gm, example_inputs, "fx", traced.notes, traced.unconvertible)
-        propagate_shapes_(traced)
-    sites = collect_conv_sites(traced)
-    if calibration is not None:
-        record_input_samples(traced.module, sites, calibration[:64])
-    return Prepared(original, traced, sites, folded)
-
-
-@torch.no_grad()
-def record_input_samples(module: nn.Module, sites: list[ConvSite], batch: torch.Tensor) -> None:
-    by_name = {s.name: s for s in sites}
-    handles = []
-    for name, sub in module.named_modules():
-        if name in by_name:
-
-            def hook(mod, args, out, site=by_name[name]):
-                if site.input_sample is None:
-                    site.input_sample = args[0].detach()
-
-            handles.append(sub.register_forward_hook(hook))
-    try:
-        module(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def plan(
@@ -177,31 +127,16 @@ def check_plan_fits(plan: Plan, sites: list[ConvSite]) -> None:
             )
 
 
-def compress(
-    model: nn.Module,
-    example_inputs,
-    to: str = "dwsep",
-    *,
-    plan: Plan | None = None,
-    calibration: torch.Tensor | None = None,
-    finetune: Callable | None = None,
-    exclude: Sequence[str] = (),
-    progress: bool = False,
-    budget: Budget | None = None,
-    checks: Checks | None = None,
-    output: Output | None = None,
-    deploy: DeploySettings | None = None,
-    record: dict | None = None,
-    **options,
-) -> CompressionResult:
+def compress(model: nn.Module, example_inputs, to: str = "dwsep", *, plan: Plan | None = None, **options):
     """Rewrite ``model``'s convs into form ``to``; with ``verify`` export to ONNX and check it with ORT.
 
-    ``options`` go to the form (``rank``, ``energy``, ...), except the fields of the option groups, which may
-    also be given as plain keywords (``convslim.options``): ``budget`` (``target_speedup``, ``target_macs``,
-    ``max_error``, ``plan_batch``), ``checks`` (``verify``, ``measure_speed``, ``batch_sizes``, ``tolerance``),
-    ``output`` (``out_dir``, ``overwrite``). ``calibration`` is a batch of real inputs used in the parity
-    checks. ``finetune(prepared, compressed, plan) -> (model, report_dict)`` is called between rewriting and
-    export when given. With ``out_dir``, ``model.onnx``, ``compressed.pt2``, ``plan.json``,
+    ``options`` (gathered into ``convslim.options.CompressOptions``) go to the form (``rank``, ``energy``, ...),
+    except these. The option groups, as objects or their fields as plain keywords: ``budget``
+    (``target_speedup``, ``target_macs``, ``max_error``, ``plan_batch``), ``checks`` (``verify``,
+    ``measure_speed``, ``batch_sizes``, ``tolerance``), ``output`` (``out_dir``, ``overwrite``). ``calibration``
+    is a batch of real inputs used in the parity checks. ``finetune(prepared, compressed, plan) -> (model,
+    report_dict)`` is called between rewriting and export when given. ``exclude`` keeps layers (and all under
+    them); ``progress`` shows progress bars. With ``out_dir``, ``model.onnx``, ``compressed.pt2``, ``plan.json``,
     ``compressed_state_dict.pt``, ``report.json`` and ``report.md`` appear there together or not at all.
     With ``to="auto"`` (or ``"a,b"``) and one of ``target_speedup``/``target_macs``/``max_error`` the budgeted
     planner picks per layer (measured at ``plan_batch``); the report then shows predicted vs measured speedup.
@@ -214,138 +149,169 @@ def compress(
     Checked before any work: ``out_dir`` (writable; empty unless ``overwrite``), the weights (finite), the runtime
     target, and that the model can be exported at all; a plan that rewrites nothing is refused (``UsageError``).
     """
-    from convslim.core.outputs import check_output_dir
-    from convslim.runtime.export import export_program
-    from convslim.verify.pipeline import VerifySettings, weight_errors
-
-    deploy = deploy or DeploySettings()
-    deploy.target()  # unknown, unavailable or uncalibrated targets fail now, not after fine-tuning
-
-    budget, checks, output, options = gather(options, budget=budget, checks=checks, output=output)
-    if output.out_dir is not None:
-        check_output_dir(output.out_dir, overwrite=output.overwrite)
-    timings: dict[str, float] = {}
+    opts = CompressOptions.of(options)
+    deploy = _checked_deploy(opts)
     start = time.perf_counter()
-    prepared = prepare(model, example_inputs, calibration)
-    if (
-        checks.verify or output.out_dir is not None
-    ):  # a model torch.export cannot take fails here, before rewriting
-        export_program(prepared.traced.module, prepared.example_inputs)
-    if plan is None and wants_budgeted(to, budget.limits()):
-        plan = _plan_on_rank0(
-            prepared,
-            to=to,
-            calibration=calibration,
-            exclude=exclude,
-            batch=budget.plan_batch,
-            progress=progress,
-            target=deploy.target(),
-            opset=deploy.export.opset,
-            **budget.limits(),
-        )
-        timings["plan"] = plan.planning["planning_s"]
-    elif plan is None:
-        plan = _uniform_plan(prepared, to, exclude, options)
+    prepared = prepare(model, example_inputs, opts.calibration)
+    if opts.checks.verify or opts.output.out_dir is not None:
+        _check_exportable(prepared)  # a model torch.export cannot take fails here, before rewriting
+    plan = plan if plan is not None else _plan_for(prepared, to, opts, deploy)
     if not plan.rewritten:
         raise UsageError(nothing_rewritten(plan))
     notes = list(prepared.traced.notes)
     compressed, plan = rewrite(prepared, plan, notes=notes)  # from here on, the plan as built
-    report = Report.from_plan(plan, prepared.traced.mode, weight_errors(prepared, plan))
-    report.batchnorm_folded = prepared.batchnorm_folded
-    report.planning = plan.planning
-    report.notes.extend(notes)
-    settings = {"to": to, "tolerance": checks.tolerance, "batch_sizes": list(checks.batch_sizes)}
-    settings.update(exclude=list(exclude), measure_speed=checks.measure_speed, verify=checks.verify)
-    settings.update(plan_batch=budget.plan_batch, finetune=finetune is not None)
-    settings["calibration_samples"] = None if calibration is None else len(calibration)
-    limits = {k: v for k, v in budget.limits().items() if v is not None}
-    report.run = run_record(prepared.example_inputs, record, {**settings, **limits})
-    timings["rewrite"] = time.perf_counter() - start
-    verify_settings = VerifySettings(
-        output.out_dir,
-        output.overwrite,
-        checks.batch_sizes if checks.measure_speed else (),
-        checks.tolerance,
-        calibration,
-        progress,
-        deploy,
+    settings = {"to": to, "tolerance": opts.checks.tolerance, "batch_sizes": list(opts.checks.batch_sizes)}
+    settings.update(
+        exclude=list(opts.exclude), measure_speed=opts.checks.measure_speed, verify=opts.checks.verify
     )
-    return _tune_and_export(prepared, plan, compressed, report, timings, finetune, checks, verify_settings)
+    settings.update(plan_batch=opts.budget.plan_batch, finetune=opts.finetune is not None)
+    settings["calibration_samples"] = None if opts.calibration is None else len(opts.calibration)
+    settings.update({k: v for k, v in opts.budget.limits().items() if v is not None})
+    stages = _Stages.start(
+        prepared, plan, notes, run_record(prepared.example_inputs, opts.record, settings), start
+    )
+    return _tune_and_export(stages, compressed, opts.finetune, replace(opts, deploy=deploy))
 
 
-def _tune_and_export(prepared, plan, compressed, report, timings, finetune, checks, settings):
-    """Fine-tune (``finetune`` hook, when given), then export and verify: only rank 0 under torchrun."""
+def _checked_deploy(opts: CompressOptions, inputs: Sequence[str | Path] = ()) -> DeploySettings:
+    """The deployment asked for, its target checked now (unknown, unavailable or uncalibrated targets fail before
+    any work, not after fine-tuning), and the output folder checked (it must not hold ``inputs``)."""
+    deploy = opts.deploy or DeploySettings()
+    deploy.target()
+    if opts.output.out_dir is not None:
+        check_output_dir(opts.output.out_dir, inputs=list(inputs), overwrite=opts.output.overwrite)
+    return deploy
+
+
+def _check_exportable(prepared: Prepared) -> None:
+    from convslim.runtime.export import export_program
+
+    export_program(prepared.traced.module, prepared.example_inputs)
+
+
+def _plan_for(prepared: Prepared, to: str, opts: CompressOptions, deploy: DeploySettings) -> Plan:
+    """The budgeted plan (``to="auto"``, several forms, or a budget given), else the uniform one."""
+    if not wants_budgeted(to, opts.budget.limits()):
+        return _uniform_plan(prepared, to, opts.exclude, opts.form_options)
+    return _plan_on_rank0(
+        prepared,
+        to=to,
+        calibration=opts.calibration,
+        exclude=opts.exclude,
+        batch=opts.budget.plan_batch,
+        progress=opts.progress,
+        target=deploy.target(),
+        opset=deploy.export.opset,
+        **opts.budget.limits(),
+    )
+
+
+@dataclass(frozen=True)
+class _Stages:
+    """The report sections known before fine-tuning: the plan, the rewrite, the run."""
+
+    prepared: Prepared
+    plan: Plan
+    sections: dict
+
+    @classmethod
+    def start(cls, prepared: Prepared, plan: Plan, notes: list[str], record: dict, start: float) -> _Stages:
+        from convslim.verify.pipeline import weight_errors
+
+        rewrite_section = RewriteSection.of(
+            plan,
+            prepared.traced.mode,
+            weight_errors(prepared, plan),
+            batchnorm_folded=prepared.batchnorm_folded,
+            notes=tuple(notes),
+            seconds=time.perf_counter() - start,
+        )
+        return cls(
+            prepared,
+            plan,
+            {"plan": PlanSection.of(plan), "rewrite": rewrite_section, "run": RunSection(record)},
+        )
+
+
+def _tune_and_export(
+    stages: _Stages, compressed: nn.Module, finetune, opts: CompressOptions
+) -> CompressionResult:
+    """Fine-tune (``finetune`` hook, when given), then export, verify and write (only rank 0 under torchrun); the
+    report assembled from every stage's section. ``compress`` and ``finetune_output`` both end here."""
     from convslim import parallel
-    from convslim.verify.pipeline import export_and_verify
 
+    prepared, plan, sections = stages.prepared, stages.plan, dict(stages.sections)
     if finetune is not None:
         t0 = time.perf_counter()
-        compressed, report.finetune = finetune(prepared, compressed, plan)
-        timings["finetune"] = time.perf_counter() - t0
-    report.timings_s = timings
-    if (checks.verify or settings.out_dir is not None) and parallel.is_main():
-        with tempfile.TemporaryDirectory(prefix="convslim-") as scratch:
-            export_and_verify(prepared, compressed, plan, report, Path(scratch), settings)
+        compressed, payload = finetune(prepared, compressed, plan)
+        sections["finetune"] = FinetuneSection(payload, time.perf_counter() - t0)
+    if not ((opts.checks.verify or opts.output.out_dir is not None) and parallel.is_main()):
+        return CompressionResult(compressed, Report(**sections), plan, prepared)
+    report = _export_verify_write(prepared, compressed, plan, sections, opts)
     return CompressionResult(compressed, report, plan, prepared)
 
 
-def finetune_output(
-    source: str | Path,
-    model: nn.Module,
-    example_inputs,
-    finetune: Callable,
-    *,
-    out_dir: str | Path | None = None,
-    overwrite: bool = False,
-    verify: bool = True,
-    measure_speed: bool = True,
-    batch_sizes: Sequence[int] = (1, 32),
-    tolerance: float = DEFAULT_RTOL,
-    calibration: torch.Tensor | None = None,
-    progress: bool = False,
-    deploy: DeploySettings | None = None,
-) -> CompressionResult:
+def _export_verify_write(prepared, compressed, plan, sections: dict, opts: CompressOptions) -> Report:
+    from convslim.verify.pipeline import VerifySettings, export_and_verify, output_names, write_outputs
+
+    checks = opts.checks
+    batch_sizes = checks.batch_sizes if checks.measure_speed else ()
+    settings = VerifySettings(batch_sizes, checks.tolerance, opts.calibration, opts.progress, opts.deploy)
+    with tempfile.TemporaryDirectory(prefix="convslim-") as scratch:
+        verified = export_and_verify(prepared, compressed, Path(scratch), settings)
+        sections.update(export=verified.export, verify=verified.verify, deploy=verified.deploy)
+        if opts.output.out_dir is None:
+            return Report(**sections)
+        out_dir = Path(opts.output.out_dir)
+        report = Report(**sections, outputs={name: str(out_dir / name) for name in output_names(verified)})
+        write_outputs(report, verified, compressed, plan, opts.output)
+    return report
+
+
+FINETUNE_OUTPUT_OPTIONS = (
+    "checks",
+    "output",
+    "verify",
+    "measure_speed",
+    "batch_sizes",
+    "tolerance",
+    "out_dir",
+)
+FINETUNE_OUTPUT_OPTIONS += ("overwrite", "calibration", "progress", "deploy")
+
+
+def finetune_output(source: str | Path, model: nn.Module, example_inputs, finetune: Callable, **options):
     """Fine-tune the output folder of an earlier ``compress`` (``plan.json`` + ``compressed_state_dict.pt``, no
     pickled code) and export and verify it like ``compress``, into ``out_dir``.
 
     ``model`` is a fresh instance of the original architecture with its trained weights (the teacher); the
-    hook comes from ``convslim.finetune.finetune(data, val_data, ...)``. With the same plan and seed this gives
-    what ``compress(..., finetune=hook)`` gives in one call. Under torchrun every rank calls it; rank 0 writes.
+    hook comes from ``convslim.finetune.finetune(data, val_data, ...)``. ``options`` are ``compress``'s checks
+    (``verify``, ``measure_speed``, ``batch_sizes``, ``tolerance``), output (``out_dir``, ``overwrite``),
+    ``calibration``, ``progress`` and ``deploy``. With the same plan and seed this gives what
+    ``compress(..., finetune=hook)`` gives in one call. Under torchrun every rank calls it; rank 0 writes.
 
     Example:
         >>> hook = finetune(train, val, minutes=8)
         >>> result = finetune_output("out", model, torch.randn(1, 3, 32, 32), hook, out_dir="out-ft")
     """
-    from convslim.core.outputs import check_output_dir
-    from convslim.verify.pipeline import VerifySettings, weight_errors
-
-    deploy = deploy or DeploySettings()
-    deploy.target()  # fail now, not after fine-tuning
-    if out_dir is not None:
-        check_output_dir(out_dir, inputs=[source], overwrite=overwrite)
+    opts = CompressOptions.of(options, allowed=FINETUNE_OUTPUT_OPTIONS, caller="finetune_output")
+    deploy = _checked_deploy(opts, inputs=[source])
     start = time.perf_counter()
-    prepared = prepare(model, example_inputs, calibration)
+    prepared = prepare(model, example_inputs, opts.calibration)
     saved_plan, compressed = _load_output(prepared, source)
-    resumed = _was_finetuned(source) and hasattr(finetune, "resuming")
-    if resumed:
+    notes = list(prepared.traced.notes) + [f"fine-tuned from the compress output {source}"]
+    if _was_finetuned(source) and hasattr(finetune, "resuming"):
         finetune = finetune.resuming()
-    report = Report.from_plan(saved_plan, prepared.traced.mode, weight_errors(prepared, saved_plan))
-    report.batchnorm_folded = prepared.batchnorm_folded
-    report.planning = saved_plan.planning
-    report.notes.extend(list(prepared.traced.notes) + [f"fine-tuned from the compress output {source}"])
-    if resumed:
-        report.notes.append(
-            f"{source} was fine-tuned already: stage 1 (layer-wise refit) skipped, its weights kept"
-        )
-    run = {"finetuned_from": str(source), "tolerance": tolerance, "batch_sizes": list(batch_sizes)}
-    run.update(measure_speed=measure_speed, verify=verify, finetune=True)
-    report.run = run_record(prepared.example_inputs, None, run)
-    timings = {"rewrite": time.perf_counter() - start}
-    settings = VerifySettings(
-        out_dir, overwrite, batch_sizes if measure_speed else (), tolerance, calibration, progress, deploy
-    )
-    checks = Checks(verify=verify)
-    return _tune_and_export(prepared, saved_plan, compressed, report, timings, finetune, checks, settings)
+        notes.append(f"{source} was fine-tuned already: stage 1 (layer-wise refit) skipped, its weights kept")
+    checks = opts.checks
+    run = {
+        "finetuned_from": str(source),
+        "tolerance": checks.tolerance,
+        "batch_sizes": list(checks.batch_sizes),
+    }
+    run.update(measure_speed=checks.measure_speed, verify=checks.verify, finetune=True)
+    stages = _Stages.start(prepared, saved_plan, notes, run_record(prepared.example_inputs, None, run), start)
+    return _tune_and_export(stages, compressed, finetune, replace(opts, deploy=deploy))
 
 
 def nothing_rewritten(plan: Plan) -> str:

@@ -1,6 +1,7 @@
 """``compress``'s option groups: what to plan for (``Budget``), what to check (``Checks``), where to write
 (``Output``). ``compress`` also takes every field as a plain keyword (``out_dir="out"``, ``tolerance=1e-3``):
-those are gathered into the groups here, so the keyword API and the objects mean exactly the same.
+those are gathered into the groups here, so the keyword API and the objects mean exactly the same. Everything
+``compress`` (or ``finetune_output``) was given ends up in one ``CompressOptions``.
 
 Example:
     >>> compress(model, x, to="auto", budget=Budget(target_speedup=2.0), output=Output("out", overwrite=True))
@@ -9,8 +10,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,39 @@ def gather(options: dict[str, Any], **groups: Any) -> tuple[Budget, Checks, Outp
             raise UsageError(f"{key}= takes a convslim.options.{kind.__name__}, got {type(given).__name__}")
         found.append(given if given is not None else replace(kind(), **loose))
     return (*found, options)
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    """Everything ``compress`` takes besides the model, its inputs, the form and a ready plan: the three groups,
+    the run's inputs (``calibration`` images, the ``finetune`` hook, layers to ``exclude``), the deployment
+    (``runtime.deploy.DeploySettings``; None: fp32 on the CPU), progress bars, facts for the report's ``run``
+    section (``record``) and the form's own options (``rank``, ``energy`` ...)."""
+
+    budget: Budget = field(default_factory=Budget)
+    checks: Checks = field(default_factory=Checks)
+    output: Output = field(default_factory=Output)
+    calibration: Any = None  # a batch of real inputs (torch.Tensor)
+    finetune: Callable | None = None
+    exclude: tuple[str, ...] = ()
+    progress: bool = False
+    deploy: Any = None  # runtime.deploy.DeploySettings
+    record: dict | None = None
+    form_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, options: dict[str, Any], allowed: Sequence[str] | None = None, caller: str = "compress"):
+        """From keywords: the group objects or their fields, the other fields of this class, and (when ``allowed``
+        is None) the form's options. With ``allowed``, any other keyword is a ``UsageError``."""
+        options = dict(options)
+        own = {
+            f.name: options.pop(f.name) for f in fields(cls) if f.name in options and f.name != "form_options"
+        }
+        groups = {k: own.pop(k) for k in ("budget", "checks", "output") if k in own}
+        if allowed is not None:
+            extra = sorted(k for k in [*own, *groups, *options] if k not in allowed)
+            if extra:
+                raise UsageError(f"{caller} does not take {', '.join(extra)}=")
+        budget, checks, output, form_options = gather(options, **groups)
+        own["exclude"] = tuple(own.get("exclude") or ())
+        return cls(budget, checks, output, **own, form_options=form_options)

@@ -171,9 +171,13 @@ def test_compress_real_resnet20_end_to_end(tmp_path, capsys, resnet20_path):
     assert report["parity"]["onnx_vs_torch"]["max_abs_err"] <= 1e-4
     assert "BatchNormalization" not in report["parity"]["onnx_ops"]
     assert report["totals"]["macs_after"] < 0.2 * report["totals"]["macs_before"]
+    assert report["schema_version"] == 2 and "ort_cpu" not in report["speed"]  # the duplicate is gone
     for batch in ("1", "32"):
-        speed = report["speed"]["ort_cpu"][batch]
-        assert speed["latency_ms_original"] > 0 and speed["latency_ms_compressed"] > 0
+        entry = report["deploy"]["speed"][batch]
+        latency = entry["latency"]
+        assert latency["original_fp32"]["ms"] > 0 and latency["compressed_fp32"]["ms"] > 0
+        assert latency["original_fp32"]["runs"] >= 10 and latency["compressed_fp32"]["runs"] >= 10
+        speed = entry["speedup"]["vs_original_fp32"]["compressed_fp32"]
         low, high = speed["speedup_iqr"]
         assert low <= high and speed["runs"] >= 10 and speed["rounds"] >= 3
     assert report["parity"]["original_onnx_vs_torch"]["passed"]

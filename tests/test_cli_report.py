@@ -14,6 +14,7 @@ import torch
 
 from convslim.cli import main
 from convslim.report.report import Report, agrees
+from convslim.report.sections import PlanSection, RewriteSection, VerifySection
 from tests.cli_models import arch, save_small
 
 PLANNER_MODELS = Path(__file__).resolve().parent / "planner" / "test_planner.py"
@@ -73,22 +74,24 @@ def test_a_wrong_second_output_fails_parity(tmp_path, monkeypatch):
 
 
 def test_damage_is_said_plainly():
-    report = Report(
-        "dwsep", {}, "fx", [], {"params_before": 1, "params_after": 1, "macs_before": 1, "macs_after": 1}
-    )
-    report.parity["compressed_vs_original"] = {
+    plan = PlanSection("dwsep", {})
+    totals = {"params_before": 1, "params_after": 1, "macs_before": 1, "macs_after": 1}
+    rewrite = RewriteSection("fx", (), totals)
+    closeness = {
         "rel_l2": 1.4,
         "cosine": -0.48,
         "top1_agreement": 0.0,
         "n_samples": 5,
         "inputs": "5 random-noise samples (no data given)",
     }
+    passed = {"passed": True, "max_abs_err": 0.0, "tolerance": 1e-4}
+    report = Report(plan, rewrite, verify=VerifySection(passed, passed, closeness))
     assert not agrees(report.parity["compressed_vs_original"])
     text = report.summary()
     assert "on 5 random-noise samples" in text
     assert "WARNING: the compressed model no longer agrees with the original" in text and "--data" in text
-    report.parity["compressed_vs_original"].update(cosine=0.999, top1_agreement=0.98)
-    assert "WARNING" not in report.summary()
+    agreeing = VerifySection(passed, passed, {**closeness, "cosine": 0.999, "top1_agreement": 0.98})
+    assert "WARNING" not in Report(plan, rewrite, verify=agreeing).summary()
 
 
 def test_comparison_uses_real_data_when_given(tmp_path, weights, train_npz):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from convslim import tradeoff
 from convslim.cli import main
 from convslim.errors import UsageError
 from convslim.report.report import Report
+from convslim.report.sections import FinetuneSection
 from tests.cli_models import MODELS, Small
 
 TARGETS = ("1.5",)  # one real point (about 15 s); the tests of many points stand a canned one in
@@ -114,7 +116,7 @@ def _canned(swept) -> SimpleNamespace:
     folders = sorted(swept.out.glob("speedup-*"))
     if not folders:
         pytest.skip("the real sweep produced no point on this machine (planner measured nothing faster)")
-    return SimpleNamespace(report=Report(**json.loads((folders[0] / "report.json").read_text())))
+    return SimpleNamespace(report=Report.from_dict(json.loads((folders[0] / "report.json").read_text())))
 
 
 def test_a_failing_point_is_recorded_and_the_sweep_goes_on(swept, tmp_path, monkeypatch, capsys):
@@ -211,7 +213,8 @@ def test_a_fine_tune_stopped_by_a_signal_ends_the_sweep_after_writing_its_point(
     swept, tmp_path, monkeypatch, capsys
 ):
     canned = _canned(swept)
-    canned.report.finetune = {**(canned.report.finetune or {}), "interrupted": True, "stopped_by": "SIGTERM"}
+    stopped = {**(canned.report.finetune or {}), "interrupted": True, "stopped_by": "SIGTERM"}
+    canned.report = replace(canned.report, finetune=FinetuneSection(stopped))
     calls = []
     monkeypatch.setattr(tradeoff, "compress", lambda model, inputs, **kw: calls.append(kw) or canned)
     out = tmp_path / "out"

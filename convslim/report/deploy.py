@@ -24,7 +24,7 @@ def deploy_lines(deploy: dict[str, Any] | None) -> list[str]:
         lines.append(f"  {acc['metric']} on {acc['data']} ({acc['n']} images): " + ", ".join(parts))
     for batch, entry in (deploy.get("speed") or {}).items():
         lat = entry["latency"]
-        if len(lat) <= 2:  # the fp32 pair alone: the ort_cpu line says it
+        if len(lat) <= 2:  # the fp32 pair alone: the ort_cpu line says it (``fp32_pair``)
             continue
         parts = [f"{m} {lat[m]['ms']:.2f} ms" for m in MODELS if m in lat]
         speed = [
@@ -40,6 +40,21 @@ def deploy_lines(deploy: dict[str, Any] | None) -> list[str]:
     for model, item in (deploy.get("int8") or {}).items():
         lines += [f"  int8 ({model}): {line}" for line in excluded_lines(item.get("excluded", []))]
     return lines
+
+
+def fp32_pair(entry: dict) -> dict:
+    """One batch of ``deploy["speed"]`` as the compressed-vs-original fp32 pair the summary and Markdown show."""
+    lat = entry["latency"]
+    pair = {
+        "latency_ms_original": lat["original_fp32"]["ms"],
+        "latency_ms_compressed": lat["compressed_fp32"]["ms"],
+        **entry["speedup"]["vs_original_fp32"]["compressed_fp32"],
+        "spread_original": lat["original_fp32"]["spread"],
+        "spread_compressed": lat["compressed_fp32"]["spread"],
+    }
+    if "warning" in entry:
+        pair["warning"] = entry["warning"]
+    return pair
 
 
 def excluded_lines(excluded: list[dict]) -> list[str]:

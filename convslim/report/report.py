@@ -1,66 +1,112 @@
-"""The compression report: one dict (``report.json``), the same as Markdown tables (``report.md``), and a short
-terminal summary. Every number in it was computed or measured in this run.
+"""The compression report: the sections each stage returned (``sections``), assembled; written as one dict
+(``report.json``, ``SCHEMA_VERSION``), the same as Markdown tables (``report.md``) and a short terminal summary.
+Every number in it was computed or measured in this run.
 
 Example:
+    >>> report = Report(PlanSection.of(plan), RewriteSection.of(plan, "fx", {}))
     >>> print(report.summary())
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from convslim.core import Plan
-from convslim.report.deploy import deploy_lines, deploy_markdown
+from convslim.report.deploy import deploy_lines, fp32_pair
+from convslim.report.sections import (
+    SCHEMA_VERSION,
+    DeploySection,
+    ExportSection,
+    FinetuneSection,
+    PlanSection,
+    RewriteSection,
+    RunSection,
+    VerifySection,
+)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Report:
-    form: str
-    options: dict[str, Any]
-    trace_mode: str
-    layers: list[dict[str, Any]]
-    totals: dict[str, int]
-    notes: list[str] = field(default_factory=list)
-    batchnorm_folded: int = 0
-    parity: dict[str, Any] = field(default_factory=dict)
-    speed: dict[str, Any] = field(default_factory=dict)
-    finetune: dict[str, Any] | None = None
-    timings_s: dict[str, float] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    passed: bool | None = None
-    planning: dict[str, Any] | None = None  # budgeted plans: budget, predicted speedup/error, planning time
-    deploy: dict[str, Any] | None = None  # runtime target, int8 details, accuracy and speed of every model
-    run: dict[str, Any] = field(default_factory=dict)  # command line, input, every option, versions, CPU
+    """Every stage's section; the ones a run did not reach are None. Read-only: a stage returns its section and
+    ``Report`` only assembles (the flat names below, ``report.parity``, ``report.notes`` ..., read the sections)."""
+
+    plan: PlanSection
+    rewrite: RewriteSection
+    run: RunSection = field(default_factory=RunSection)
+    finetune: FinetuneSection | None = None
+    export: ExportSection | None = None
+    verify: VerifySection | None = None
+    deploy: DeploySection | None = None
+    outputs: Any = field(default_factory=lambda: MappingProxyType({}))  # file name → path, once written
 
     @classmethod
     def from_plan(cls, plan: Plan, trace_mode: str, weight_errors: dict[str, float | None]) -> Report:
-        layers = []
-        for d in plan.layers:
-            layers.append(
-                {
-                    "name": d.name,
-                    "form": d.form,
-                    "setting": brief_setting(d.setting),
-                    "skipped_reason": d.skipped_reason,
-                    "weight_shape": d.weight_shape,
-                    "in_shape": d.in_shape,
-                    "out_shape": d.out_shape,
-                    "params_before": d.params_before,
-                    "params_after": d.params_after,
-                    "macs_before": d.macs_before,
-                    "macs_after": d.macs_after,
-                    "rel_weight_error": weight_errors.get(d.name),
-                }
-            )
-        totals = {
-            k: sum(layer[k] for layer in layers)
-            for k in ("params_before", "params_after", "macs_before", "macs_after")
-        }
-        return cls(form=plan.form, options=plan.options, trace_mode=trace_mode, layers=layers, totals=totals)
+        return cls(PlanSection.of(plan), RewriteSection.of(plan, trace_mode, weight_errors))
+
+    form = property(lambda self: self.plan.form)
+    options = property(lambda self: self.plan.options)
+    planning = property(lambda self: self.plan.planning)
+    trace_mode = property(lambda self: self.rewrite.trace_mode)
+    layers = property(lambda self: self.rewrite.layers)
+    totals = property(lambda self: self.rewrite.totals)
+    batchnorm_folded = property(lambda self: self.rewrite.batchnorm_folded)
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.verify is None else self.verify.passed
+
+    @property
+    def notes(self) -> list[str]:
+        stages = (self.rewrite, self.export, self.verify, self.deploy)
+        return [note for stage in stages if stage is not None for note in stage.notes]
+
+    @property
+    def parity(self) -> dict[str, Any]:
+        out: dict[str, Any] = {} if self.export is None else {"onnx_ops": self.export.onnx_ops}
+        return out if self.verify is None else {**out, **self.verify.parity()}
+
+    @property
+    def speed(self) -> dict[str, Any]:
+        """The fp32 pair on CUDA / TensorRT (or why not); on the CPU every model is in ``deploy["speed"]``."""
+        return {} if self.deploy is None else dict(self.deploy.other_providers)
+
+    @property
+    def timings_s(self) -> dict[str, float]:
+        stages = {"plan": self.plan, "rewrite": self.rewrite, "finetune": self.finetune}
+        stages.update(export=self.export, verify=self.verify)
+        return {k: s.seconds for k, s in stages.items() if s is not None and s.seconds is not None}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "form": self.form,
+            "options": self.options,
+            "trace_mode": self.trace_mode,
+            "layers": self.layers,
+            "totals": self.totals,
+            "notes": self.notes,
+            "batchnorm_folded": self.batchnorm_folded,
+            "parity": self.parity,
+            "speed": self.speed,
+            "finetune": None if self.finetune is None else self.finetune.to_dict(),
+            "timings_s": self.timings_s,
+            "outputs": self.outputs,
+            "passed": self.passed,
+            "planning": self.planning,
+            "deploy": None if self.deploy is None else self.deploy.to_dict(),
+            "run": self.run.to_dict(),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_plain)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """The report ``to_dict`` wrote (schema 1 or 2), rebuilt section by section."""
+        return from_dict(data)
 
     def summary(self) -> str:
         t = self.totals
@@ -96,7 +142,7 @@ class Report:
                     "  WARNING: the compressed model no longer agrees with the original; fine-tune it with --data "
                     "(or choose a milder setting, e.g. a higher --rank) before using it"
                 )
-        for provider, per_batch in self.speed.items():
+        for provider, per_batch in self.latency_tables().items():
             if "skipped" in per_batch:
                 reason = per_batch["skipped"]
                 shown = (
@@ -118,6 +164,18 @@ class Report:
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
+    def latency_tables(self) -> dict[str, Any]:
+        """Per provider, the compressed-vs-original fp32 pair per batch size (or why it was not timed): on the CPU
+        read from ``deploy["speed"]`` (every model timed together), on CUDA / TensorRT from ``speed``."""
+        if self.deploy is None:
+            return {}
+        cpu = {}
+        if self.deploy.speed_not_measured:
+            cpu = {"ort_cpu": {"skipped": self.deploy.speed_not_measured}}
+        elif self.deploy.speed:
+            cpu = {"ort_cpu": {b: fp32_pair(entry) for b, entry in self.deploy.speed.items()}}
+        return {**cpu, **self.speed}
+
     def measured_speedup(self) -> float | None:
         """The ORT speedup measured after applying, at the batch the plan was made for (None if not timed)."""
         if not self.planning:
@@ -137,7 +195,7 @@ class Report:
             }
             return {b: v["speedup"] for b, v in pairs.items() if v}
         provider = "ort_cuda" if "CUDA" in planning.get("provider", "") else "ort_cpu"
-        entries = self.speed.get(provider, {}).items()
+        entries = self.latency_tables().get(provider, {}).items()
         return {b: e["speedup"] for b, e in entries if isinstance(e, dict) and "speedup" in e}
 
     def planning_line(self) -> str:
@@ -153,58 +211,9 @@ class Report:
         )
 
     def to_markdown(self) -> str:
-        out = [f"# convslim report: `{self.form}`", "", "## Summary", "", "```", self.summary(), "```", ""]
-        out += [
-            "## Layers",
-            "",
-            "| layer | form | setting | in → out | params | MACs | rel. weight err | skipped because |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for layer in self.layers:
-            setting = ", ".join(f"{k}={v}" for k, v in layer["setting"].items()) or "—"
-            shapes = f"{_shape(layer['in_shape'])} → {_shape(layer['out_shape'])}"
-            err = "—" if layer["rel_weight_error"] is None else f"{layer['rel_weight_error']:.3f}"
-            out.append(
-                f"| {layer['name']} | {layer['form'] or '—'} | {setting} | {shapes} | "
-                f"{layer['params_before']:,} → {layer['params_after']:,} | "
-                f"{layer['macs_before']:,} → {layer['macs_after']:,} | {err} | {layer['skipped_reason'] or ''} |"
-            )
-        t = self.totals
-        out.append(
-            f"| **total** | | | | {t['params_before']:,} → {t['params_after']:,} | "
-            f"{t['macs_before']:,} → {t['macs_after']:,} | | |"
-        )
-        out += ["", "## Verification", ""]
-        out += _dict_table(self.parity)
-        for provider, per_batch in self.speed.items():
-            out += ["", f"### Latency: {provider}", ""]
-            if "skipped" in per_batch:
-                out.append(f"skipped: {per_batch['skipped']}")
-                continue
-            out += [
-                "| batch | original ms | compressed ms | speedup | spread (orig / comp) | runs |",
-                "|---|---|---|---|---|---|",
-            ]
-            for batch, v in per_batch.items():
-                out.append(
-                    f"| {batch} | {v['latency_ms_original']:.3f} | {v['latency_ms_compressed']:.3f} | "
-                    f"{v['speedup']:.2f}x | {v['spread_original']:.1%} / {v['spread_compressed']:.1%} | "
-                    f"{v['runs']} |"
-                )
-        out += deploy_markdown(self.deploy)
-        if self.planning:
-            shown = {k: v for k, v in self.planning.items() if k != "layer_timings"}
-            out += ["", "## Planning", "", self.planning_line(), ""] + _dict_table({"planning": shown})
-            out += _timings_markdown(self.planning.get("layer_timings") or [])
-        if self.finetune:
-            out += ["", "## Fine-tuning", ""] + _dict_table({"finetune": self.finetune})
-            out += _finetune_markdown(self.finetune)
-        if self.notes:
-            out += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
-        if self.timings_s:
-            out += ["", "## Time", ""] + [f"- {k}: {v:.1f} s" for k, v in self.timings_s.items()]
-        out += _run_markdown(self.run, self.options)
-        return "\n".join(out) + "\n"
+        from convslim.report.markdown import report_markdown
+
+        return report_markdown(self)
 
 
 AGREEMENT_FLOOR = 0.9  # below this top-1 agreement or cosine, the summary warns
@@ -216,100 +225,48 @@ def agrees(closeness: dict[str, Any]) -> bool:
     return closeness["cosine"] >= AGREEMENT_FLOOR and (top1 is None or top1 >= AGREEMENT_FLOOR)
 
 
-def brief_setting(setting: dict[str, Any], longest: int = 8) -> dict[str, Any]:
-    """The setting as the report shows it: per-channel lists (octave losses, channel scales) summarised as
-    "N values, min..max"; ``plan.json`` keeps them whole."""
-    out = {}
-    for key, value in setting.items():
-        if isinstance(value, (list, tuple)) and len(value) > longest:
-            numbers = [v for v in value if isinstance(v, (int, float))]
-            span = f", {min(numbers):.3g}..{max(numbers):.3g}" if numbers else ""
-            out[key] = f"{len(value)} values{span}"
-        else:
-            out[key] = value
-    return out
-
-
 def _ratio(after: int, before: int) -> str:
     return f"{before:,} → {after:,} ({after / before:.1%})" if before else "n/a"
 
 
-def _shape(shape: list[int]) -> str:
-    return "×".join(map(str, shape)) if shape else "?"
-
-
-def _dict_table(sections: dict[str, Any]) -> list[str]:
-    lines = ["| check | value |", "|---|---|"]
-    for section, values in sections.items():
-        if not isinstance(values, dict):
-            lines.append(f"| {section} | {values} |")
-            continue
-        for key, value in values.items():
-            if isinstance(value, dict):
-                continue
-            shown = f"{value:.4g}" if isinstance(value, float) else value
-            lines.append(f"| {section}.{key} | {shown} |")
-    return lines
-
-
-def _timings_markdown(rows: list[dict[str, Any]]) -> list[str]:
-    """Per-layer ORT timings from planning: the original layer, its fastest candidate, what was chosen."""
-    if not rows:
-        return []
-    out = [
-        "",
-        "### Per-layer timings (ORT, planning batch)",
-        "",
-        "| layer | original ms | fastest candidate | its time / original | chosen |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        ms = "?" if r.get("original_ms") is None else f"{r['original_ms']:.4f}"
-        out.append(
-            f"| {r['layer']} | {ms} | {r['fastest']} | {r['fastest_ratio']:.2f} | {r['chosen'] or 'kept'} |"
+def from_dict(data: dict[str, Any]) -> Report:
+    """A ``Report`` from its ``to_dict`` (schema 1, before sections, too: its ``speed.ort_cpu`` is dropped)."""
+    timings = data.get("timings_s") or {}
+    plan = PlanSection(data["form"], data.get("options") or {}, data.get("planning"))
+    layers = tuple(data.get("layers") or ())
+    notes = tuple(data.get("notes") or ())  # one list in the file: kept with the rewrite
+    rewrite = RewriteSection(
+        data["trace_mode"],
+        layers,
+        data["totals"],
+        data.get("batchnorm_folded", 0),
+        notes,
+        timings.get("rewrite"),
+    )
+    finetune = data.get("finetune")
+    finetune = None if finetune is None else FinetuneSection(finetune, timings.get("finetune"))
+    parity = dict(data.get("parity") or {})
+    export = None
+    if "onnx_ops" in parity:
+        export = ExportSection(parity.pop("onnx_ops"), seconds=timings.get("export"))
+    verify = None
+    if "onnx_vs_torch" in parity:
+        divergence = {k[: -len("_divergence")]: v for k, v in parity.items() if k.endswith("_divergence")}
+        verify = VerifySection(
+            parity["onnx_vs_torch"],
+            parity["original_onnx_vs_torch"],
+            parity["compressed_vs_original"],
+            divergence,
+            seconds=timings.get("verify"),
         )
-    return out
+    others = {k: v for k, v in (data.get("speed") or {}).items() if k != "ort_cpu"}
+    deploy = None if data.get("deploy") is None else DeploySection.from_dict(data["deploy"], others)
+    sections = {"finetune": finetune, "export": export, "verify": verify, "deploy": deploy}
+    return Report(
+        plan, rewrite, RunSection(data.get("run") or {}), **sections, outputs=data.get("outputs") or {}
+    )
 
 
-def _finetune_markdown(finetune: dict[str, Any]) -> list[str]:
-    """Accuracy per stage and stage 1's per-layer errors (issue 5); empty when fine-tuning did not record them."""
-    out = []
-    accuracy = finetune.get("accuracy") or {}
-    if accuracy.get("metric"):
-        out += ["", f"### {accuracy['metric']} on the validation data", "", "| model | score |", "|---|---|"]
-        for key in ("original", "compressed", "stage1", "stage2"):
-            if accuracy.get(key) is not None:
-                out.append(f"| {key} | {accuracy[key]:.2%} |")
-    layers = (finetune.get("stage1") or {}).get("layers") or []
-    if layers:
-        out += [
-            "",
-            "### Stage 1: layer output error (relative L2)",
-            "",
-            "| layer | method | before | after |",
-        ]
-        out.append("|---|---|---|---|")
-        out += [
-            f"| {r['layer']} | {r['method']} | {r['error_before']:.3f} | {r['error_after']:.3f} |"
-            for r in layers
-        ]
-    return out
-
-
-def _run_markdown(run: dict[str, Any], options: dict[str, Any]) -> list[str]:
-    """The "Run" section: how this report was made (command, input, every option in force, versions, CPU)."""
-    if not run:
-        return []
-    out = ["", "## Run", ""]
-    for key in ("command", "model", "arch", "input_shape", "input_shapes", "cpu", "threads"):
-        if run.get(key) is not None:
-            out.append(f"- {key.replace('_', ' ')}: `{run[key]}`")
-    versions = run.get("versions") or {}
-    if versions:
-        out.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    settings = {f"form.{k}": v for k, v in options.items()}
-    settings.update({f"compress.{k}": v for k, v in (run.get("compress_options") or {}).items()})
-    settings.update({f"cli.{k}": v for k, v in (run.get("cli_options") or {}).items()})
-    if settings:
-        out += ["", "| option | value |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in settings.items()]
-    return out
+def _plain(value: Any) -> Any:
+    """JSON for what ``json`` does not know: read-only mappings as dicts, anything else as its text."""
+    return dict(value) if isinstance(value, MappingProxyType) else str(value)

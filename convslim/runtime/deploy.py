@@ -129,21 +129,6 @@ def speed_table(
     return table
 
 
-def legacy_pair(entry: dict) -> dict:
-    """The compressed-vs-original fp32 entry in the shape ``report.speed`` has always had."""
-    lat = entry["latency"]
-    pair = {
-        "latency_ms_original": lat["original_fp32"]["ms"],
-        "latency_ms_compressed": lat["compressed_fp32"]["ms"],
-        **entry["speedup"]["vs_original_fp32"]["compressed_fp32"],
-        "spread_original": lat["original_fp32"]["spread"],
-        "spread_compressed": lat["compressed_fp32"]["spread"],
-    }
-    if "warning" in entry:
-        pair["warning"] = entry["warning"]
-    return pair
-
-
 def int8_original(folder: Path, settings: DeploySettings, example_inputs: tuple, batch: int) -> dict:
     """What "just quantize" gives: ``folder``'s ``original.onnx`` in int8 (the ``cpu-int8`` target, on
     ``settings.calibration``), its accuracy beside the fp32 original's, and its speedup over it at ``batch``,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -22,20 +22,20 @@ from convslim.convert import get_form
 from convslim.core import Plan, Prepared
 from convslim.core.outputs import staged_output_dir
 from convslim.report.report import Report
+from convslim.report.sections import DeploySection, ExportSection, VerifySection
 from convslim.runtime.deploy import (
     FILES,
     DeploySettings,
     accuracy,
     deploy_models,
     int8_warnings,
-    legacy_pair,
     recommendation,
     speed_table,
 )
 from convslim.runtime.export import export_model, file_sha256, fixed_input_shape, op_counts
 from convslim.runtime.measure import measure_speed
 from convslim.runtime.targets import get_target
-from convslim.verify.parity import compare_models, judge_with_floor, onnx_parity
+from convslim.verify.parity import DEFAULT_RTOL, compare_models, judge_with_floor, onnx_parity
 
 PARITY_BATCH_SIZES = (1, 4)
 
@@ -64,56 +64,56 @@ def parity_batches(example_inputs: tuple, calibration: torch.Tensor | None, fixe
     return batches
 
 
-@dataclass
+@dataclass(frozen=True)
 class VerifySettings:
-    """How ``export_and_verify`` checks and where it writes (see ``convslim.api.compress``)."""
+    """How ``export_and_verify`` checks (see ``convslim.api.compress``): parity tolerance, the batch sizes timed
+    (none: speed not measured), real samples for the checks, the deployment."""
 
-    out_dir: str | Path | None
-    overwrite: bool
-    batch_sizes: Sequence[int]
-    tolerance: float
-    calibration: torch.Tensor | None
-    progress: bool
+    batch_sizes: Sequence[int] = (1, 32)
+    tolerance: float = DEFAULT_RTOL
+    calibration: torch.Tensor | None = None
+    progress: bool = False
     deploy: DeploySettings = field(default_factory=DeploySettings)
 
 
-def export_and_verify(
-    prepared: Prepared,
-    compressed: nn.Module,
-    plan: Plan,
-    report: Report,
-    scratch: Path,
-    settings: VerifySettings,
-) -> None:
-    t0 = time.perf_counter()
-    program, original_program, fixed_batch = _export_pair(
-        prepared, compressed, report, scratch, settings.deploy
-    )
-    report.timings_s["export"] = time.perf_counter() - t0
+@dataclass(frozen=True)
+class Verified:
+    """What ``export_and_verify`` returns: its three report sections and the files ``write_outputs`` copies."""
 
+    export: ExportSection
+    verify: VerifySection
+    deploy: DeploySection
+    models: dict[str, Path]
+    program: torch.export.ExportedProgram
+
+
+def export_and_verify(
+    prepared: Prepared, compressed: nn.Module, scratch: Path, settings: VerifySettings
+) -> Verified:
+    """Export both models into ``scratch``, check them, deploy them for the target and time them."""
     t0 = time.perf_counter()
+    export, programs = _export_pair(prepared, compressed, scratch, settings.deploy)
+    export = replace(export, seconds=time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    verify = _verify(prepared, compressed, scratch, programs, export.fixed_batch, settings)
+    models, int8_info = deploy_models(scratch, settings.deploy)
+    deploy = _deploy(models, int8_info, prepared.example_inputs, export.fixed_batch, settings)
+    verify = replace(verify, seconds=time.perf_counter() - t0)  # the deployment check and timing included
+    return Verified(export, verify, deploy, models, programs[1])
+
+
+def _verify(prepared, compressed, scratch: Path, programs: tuple, fixed_batch, settings) -> VerifySection:
+    """Parity of both ONNX models against PyTorch (the compressed one judged against the original's own error:
+    runtime noise the original shows is not the rewrite's fault), and compressed vs original."""
     batches = parity_batches(prepared.example_inputs, settings.calibration, fixed_batch)
     tol = settings.tolerance
-    parity = onnx_parity(scratch / "model.onnx", compressed, batches, rtol=tol)
     floor = onnx_parity(scratch / "original.onnx", prepared.traced.module, batches, rtol=tol)
-    report.parity["original_onnx_vs_torch"] = floor
-    # judged against the original's own ONNX error: runtime noise the original shows is not the rewrite's fault
-    report.parity["onnx_vs_torch"] = judge_with_floor(parity, floor)
-    explain_parity(report, (original_program, program), scratch, batches[0], tol)
-    report.parity["compressed_vs_original"] = _closeness(prepared, compressed, batches, fixed_batch)
-    report.passed = report.parity["onnx_vs_torch"]["passed"]
-    models, int8_info = deploy_models(scratch, settings.deploy)
-    report.deploy = _deploy_section(settings.deploy, int8_info, models)
-    report.deploy["accuracy"] = accuracy(models, settings.deploy)
-    report.notes.extend(int8_warnings(report.deploy["accuracy"]))
-    batch_sizes = _timed_batches(settings.batch_sizes, fixed_batch, report)
-    if batch_sizes:
-        _measure(models, prepared.example_inputs, batch_sizes, report, settings)
-    else:
-        report.speed["ort_cpu"] = {"skipped": "speed not measured (--no-speed / measure_speed=False)"}
-    report.timings_s["verify"] = time.perf_counter() - t0
-    if settings.out_dir is not None:
-        _write_outputs(report, models, program, compressed, plan, settings)
+    parity = judge_with_floor(onnx_parity(scratch / "model.onnx", compressed, batches, rtol=tol), floor)
+    divergence, notes = explain_parity(
+        {"original": floor, "compressed": parity}, programs, scratch, batches[0], tol
+    )
+    closeness = _closeness(prepared, compressed, batches, fixed_batch)
+    return VerifySection(parity, floor, closeness, divergence, tuple(notes))
 
 
 def _closeness(prepared: Prepared, compressed: nn.Module, batches: list, fixed_batch: int | None) -> dict:
@@ -131,107 +131,113 @@ def _closeness(prepared: Prepared, compressed: nn.Module, batches: list, fixed_b
     return closeness
 
 
-def _export_pair(prepared, compressed, report, scratch, deploy: DeploySettings):
-    """model.onnx and original.onnx, same exporter and settings; returns the compressed and original programs
-    and the fixed batch (None when the batch axis is dynamic)."""
+def _export_pair(prepared, compressed, scratch, deploy: DeploySettings) -> tuple[ExportSection, tuple]:
+    """model.onnx and original.onnx, same exporter and settings; returns the section and the (original,
+    compressed) torch.export programs."""
     example = prepared.example_inputs
     exported = export_model(compressed, example, scratch / FILES["compressed_fp32"], deploy.export)
     original = export_model(prepared.traced.module, example, scratch / FILES["original_fp32"], deploy.export)
-    report.notes.extend(n for n in (exported.note(), original.note()) if n)
+    notes = [n for n in (exported.note(), original.note()) if n]
     onnx_model = onnx.load(str(exported.path))
     ops = op_counts(onnx_model)
-    report.parity["onnx_ops"] = ops
     if ops.get("BatchNormalization"):
-        report.notes.append(
+        notes.append(
             f"{ops['BatchNormalization']} BatchNormalization node(s) remain in the ONNX graph "
             "(BatchNorm that does not follow a conv, or tracing fell back)"
         )
     dynamic = exported.dynamic_batch and original.dynamic_batch
-    return exported.program, original.program, None if dynamic else int(fixed_input_shape(onnx_model)[0])
+    fixed_batch = None if dynamic else int(fixed_input_shape(onnx_model)[0])
+    return ExportSection(ops, fixed_batch, tuple(notes)), (original.program, exported.program)
 
 
-def _deploy_section(deploy: DeploySettings, int8_info: dict, models: dict) -> dict:
-    target = deploy.target()
-    section = {
-        "runtime": target.name,
-        "precision": target.precision,
-        "export": {"opset": deploy.export.opset, "static_shape": deploy.export.static_shape},
-        "onnx_sha256": {FILES[name]: file_sha256(path) for name, path in models.items()},
-    }
-    if int8_info:
-        section["int8"] = int8_info
-    return section
-
-
-def _timed_batches(batch_sizes: Sequence[int], fixed_batch: int | None, report: Report) -> tuple[int, ...]:
-    if not batch_sizes or fixed_batch is None or tuple(batch_sizes) == (fixed_batch,):
-        return tuple(batch_sizes)
-    report.notes.append(
-        f"the ONNX models have a fixed batch of {fixed_batch}: timed at batch {fixed_batch} only"
-    )
-    return (fixed_batch,)
-
-
-def _measure(models: dict, example, batch_sizes, report: Report, settings: VerifySettings) -> None:
-    """All deployed models timed together on the target's CPU side; the fp32 pair also as ``ort_cpu``."""
+def _deploy(models: dict, int8_info: dict, example, fixed_batch, settings: VerifySettings) -> DeploySection:
+    """The deployment section: files, int8 details, accuracy, and every model timed together on the target's
+    CPU side (the fp32 pair also on CUDA / TensorRT when the target is one)."""
     deploy = settings.deploy
+    target = deploy.target()
+    scores = accuracy(models, deploy)
+    notes = int8_warnings(scores)
+    section = DeploySection(
+        runtime=target.name,
+        precision=target.precision,
+        export={"opset": deploy.export.opset, "static_shape": deploy.export.static_shape},
+        onnx_sha256={FILES[name]: file_sha256(path) for name, path in models.items()},
+        int8=int8_info or None,
+        accuracy=scores,
+    )
+    batch_sizes, note = _timed_batches(settings.batch_sizes, fixed_batch)
+    notes += [note] if note else []
+    if not batch_sizes:
+        reason = "speed not measured (--no-speed / measure_speed=False)"
+        return replace(section, speed_not_measured=reason, notes=tuple(notes))
     table = speed_table(models, example, batch_sizes, deploy, settings.progress)
-    report.deploy["speed"] = table
-    quantized = (report.deploy.get("int8") or {}).get("compressed", {}).get("quantized_nodes")
-    advice = recommendation(table, report.deploy.get("accuracy"), quantized)
-    if advice:
-        report.deploy["recommended"] = advice
-    report.speed["ort_cpu"] = {b: legacy_pair(entry) for b, entry in table.items()}
+    quantized = (int8_info.get("compressed") or {}).get("quantized_nodes")
+    others = _other_providers(models, example, batch_sizes, deploy)
+    advice = recommendation(table, scores, quantized)
+    return replace(section, speed=table, recommended=advice, other_providers=others, notes=tuple(notes))
+
+
+def _timed_batches(batch_sizes: Sequence[int], fixed_batch: int | None) -> tuple[tuple[int, ...], str | None]:
+    if not batch_sizes or fixed_batch is None or tuple(batch_sizes) == (fixed_batch,):
+        return tuple(batch_sizes), None
+    return (
+        fixed_batch,
+    ), f"the ONNX models have a fixed batch of {fixed_batch}: timed at batch {fixed_batch} only"
+
+
+def _other_providers(models: dict, example, batch_sizes, deploy: DeploySettings) -> dict:
+    """The fp32 pair on CUDA (and TensorRT, for those targets), or why it could not be timed there."""
+    speed = {}
     for name in ("cuda", "tensorrt") if deploy.target().name in ("cuda", "tensorrt") else ("cuda",):
         reason = get_target(name).unavailable()
         if reason:
-            report.speed[f"ort_{name}"] = {"skipped": reason}
+            speed[f"ort_{name}"] = {"skipped": reason}
             continue
         original, compressed = models["original_fp32"], models["compressed_fp32"]
-        report.speed[f"ort_{name}"] = measure_speed(
-            original, compressed, example, batch_sizes, name, deploy.timing
-        )
+        speed[f"ort_{name}"] = measure_speed(original, compressed, example, batch_sizes, name, deploy.timing)
+    return speed
 
 
-def _write_outputs(report: Report, models: dict, program, compressed, plan: Plan, settings: VerifySettings):
-    out_dir = Path(settings.out_dir)
-    with staged_output_dir(out_dir, overwrite=settings.overwrite) as staging:
-        for path in models.values():
+def output_names(verified: Verified) -> list[str]:
+    """The files ``write_outputs`` puts in the output folder."""
+    names = [p.name for p in verified.models.values()]
+    return names + ["compressed.pt2", "compressed_state_dict.pt", "plan.json", "report.json", "report.md"]
+
+
+def write_outputs(report: Report, verified: Verified, compressed: nn.Module, plan: Plan, output) -> None:
+    """Every output file into ``output.out_dir`` through a staging folder: all of them or none."""
+    with staged_output_dir(Path(output.out_dir), overwrite=output.overwrite) as staging:
+        for path in verified.models.values():
             shutil.copyfile(path, staging / path.name)
-        torch.export.save(program, str(staging / "compressed.pt2"))
+        torch.export.save(verified.program, str(staging / "compressed.pt2"))
         torch.save(compressed.state_dict(), staging / "compressed_state_dict.pt")
         (staging / "plan.json").write_text(plan.to_json())
-        names = [p.name for p in models.values()]
-        names += ["compressed.pt2", "compressed_state_dict.pt", "plan.json", "report.json", "report.md"]
-        report.outputs = {name: str(out_dir / name) for name in names}
         write_report(report, staging)
 
 
-def explain_parity(report: Report, programs: tuple, scratch: Path, inputs: tuple, tolerance: float) -> None:
-    """When the original's own ONNX disagrees with PyTorch beyond ``tolerance``, or the compressed model fails,
-    name the first intermediate value (and op) where ORT departs from PyTorch, in a report note."""
+def explain_parity(parity: dict, programs: tuple, scratch: Path, inputs: tuple, tolerance: float):
+    """Where a failed parity first diverges: for each of ``parity["original"]`` / ``["compressed"]`` that failed,
+    the first intermediate value (and op) where ORT departs from PyTorch; returns (divergence, notes)."""
     from convslim.verify.diagnose import divergence_note, first_divergence
 
-    checks = (
-        ("original", report.parity["original_onnx_vs_torch"], programs[0], "original.onnx"),
-        ("compressed", report.parity["onnx_vs_torch"], programs[1], "model.onnx"),
-    )
-    for which, parity, program, name in checks:
-        if parity["passed"]:
+    divergence, notes = {}, []
+    files = {"original": (programs[0], "original.onnx"), "compressed": (programs[1], "model.onnx")}
+    for which, (program, name) in files.items():
+        if parity[which]["passed"]:
             continue
         found = first_divergence(program, scratch / name, inputs, tolerance)
-        report.parity[f"{which}_divergence"] = found
+        divergence[which] = found
         if which == "original":
-            report.notes.append(divergence_note(which, parity, found))
+            notes.append(divergence_note(which, parity[which], found))
         elif found is not None:
-            report.notes.append(
+            notes.append(
                 f"compressed model: the first intermediate value where ONNX Runtime departs from PyTorch is "
                 f"{found['value']} from ONNX op {found['onnx_op']} (max abs err {found['max_abs_err']:.3g})"
             )
+    return divergence, notes
 
 
 def write_report(report: Report, folder: Path) -> None:
-    import json
-
-    (folder / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    """``report.json`` and ``report.md`` into ``folder``."""
+    (folder / "report.json").write_text(report.to_json())
     (folder / "report.md").write_text(report.to_markdown())
