@@ -12,13 +12,15 @@ Example:
     >>> plan = plan_to_budget(prepared, to="auto", target_speedup=2.0)
 """
 
-from convslim.planner.budgeted import check_budget, plan_to_budget
+from convslim.planner.budgeted import plan_to_budget
 from convslim.planner.candidates import parse_forms
 from convslim.planner.latency import LatencyCache
+from convslim.planner.request import PlanRequest, check_budget
 from convslim.planner.uniform import decide, make_plan, site_skip_reason
 
 __all__ = [
     "LatencyCache",
+    "PlanRequest",
     "check_budget",
     "decide",
     "make_plan",

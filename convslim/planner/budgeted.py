@@ -24,113 +24,134 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import torch
-
 from convslim.core import LayerDecision, Plan, Prepared, dense_cost
-from convslim.errors import UsageError
+from convslim.core.samples import CALIBRATION_BATCH
 from convslim.planner.budget import Choice, Selection, blend, select
-from convslim.planner.candidates import Candidate, candidates_for, parse_forms
-from convslim.planner.closed_loop import deployed_bytes, measure_plan_speedup, search
+from convslim.planner.candidates import Candidate, candidates_for
+from convslim.planner.closed_loop import SearchOptions, WholeModelTiming, measure_plan_speedup, search
 from convslim.planner.compose import layer_scale, layer_total, max_multiplier, predicted_time
 from convslim.planner.damage import measure_damage, probe_inputs
 from convslim.planner.latency import LatencyCache, measure_candidates, time_model
+from convslim.planner.request import PlanRequest
 from convslim.planner.uniform import decide, site_skip_reason
 from convslim.planner.verdict import layer_timings, verdict
 from convslim.runtime.export import ExportSettings, export_bytes
 from convslim.runtime.int8 import Calibration
-from convslim.runtime.targets import available_target
 
 # a whole-model round of the closed loop is timed this many times longer than one candidate (0.3 s → 3 s, as
 # the report's own measurement)
 ROUND_SECONDS_FACTOR = 10
 
 
-def check_budget(target_speedup=None, target_macs=None, max_error=None) -> str:
-    """Which budget was given (exactly one), after checking its value; the message says what to pass."""
-    given = {
-        k: v
-        for k, v in (
-            ("target_speedup", target_speedup),
-            ("target_macs", target_macs),
-            ("max_error", max_error),
-        )
-        if v is not None
-    }
-    if len(given) != 1:
-        raise UsageError("give exactly one budget: --target-speedup X, --target-macs F or --max-error E")
-    ((name, value),) = given.items()
-    if name == "target_speedup" and not value > 1:
-        raise UsageError(f"--target-speedup {value}: must be above 1 (e.g. 2.0)")
-    if name == "target_macs" and not 0 < value < 1:
-        raise UsageError(f"--target-macs {value}: must be a fraction of the original MACs in (0, 1)")
-    if name == "max_error" and not value > 0:
-        raise UsageError(f"--max-error {value}: must be a positive relative output error (e.g. 0.1)")
-    return name
-
-
-def plan_to_budget(
-    prepared: Prepared,
-    to: str | Sequence[str] = "auto",
-    *,
-    target_speedup: float | None = None,
-    target_macs: float | None = None,
-    max_error: float | None = None,
-    batch: int = 32,
-    target="cpu",
-    calibration: torch.Tensor | None = None,
-    exclude: Sequence[str] = (),
-    cache: LatencyCache | None = None,
-    seconds: float = 0.3,
-    grid: dict | None = None,
-    progress: bool = False,
-    opset: int | None = None,
-) -> Plan:
+def plan_to_budget(prepared: Prepared, to: str | Sequence[str] = "auto", **options) -> Plan:
     """Measure every candidate of every conv of ``prepared`` on ``target`` (``cpu-int8``: in int8) and choose per
-    layer to meet the one budget given. Whole models are exported at ``opset``, as the pipeline will ship them.
+    layer to meet the one budget given. ``options``: one of ``target_speedup``, ``target_macs``, ``max_error``,
+    and the fields of ``PlanRequest`` (``batch``, ``target``, ``calibration``, ``exclude``, ``cache``,
+    ``seconds``, ``grid``, ``progress``, ``opset``).
 
     ``seconds`` is the time spent timing each candidate; each whole-model round of the closed loop (speed
     budgets) takes ``ROUND_SECONDS_FACTOR`` times as long, since it decides the final plan."""
     start = time.perf_counter()
-    target = available_target(target)
-    budget = check_budget(target_speedup, target_macs, max_error)
-    if len(prepared.example_inputs) != 1:
-        raise UsageError("budgeted planning takes single-input models; plan with --to FORM and its options")
-    if batch < 1:
-        raise UsageError(f"--plan-batch {batch}: must be a positive batch size")
-    forms = parse_forms(to)
-    cache = cache if cache is not None else LatencyCache()
+    request = PlanRequest.of(prepared, to, options)
+    cache = request.cache if request.cache is not None else LatencyCache()
+    layers = _measure_layers(prepared, request, cache)
+    calibration = (
+        None if request.calibration is None else Calibration(request.calibration[:CALIBRATION_BATCH])
+    )
+    original = _original_times(prepared, request, calibration)
+    scale = layer_scale(original.base_s, layer_total(layers.per_layer))  # see compose: scaled to the model
+    table = {
+        layer: [_choice(c, request.budget, scale) for c in cands] for layer, cands in layers.per_layer.items()
+    }
+    build = _PlanBuilder(prepared, layers.per_layer, layers.skipped, layers.reasons, scale)
+    total_macs = sum(dense_cost(s).macs for s in prepared.sites)
+    loop = _Loop(prepared, request, original.onnx, calibration)
+    outcome = _choose(request, table, build, loop, original, total_macs)
+    planning = _planning(request, original, outcome, scale, total_macs)
+    planning.update(candidates=len(layers.everything), cache_hits=cache.hits, cache_misses=cache.misses)
+    planning["planning_s"] = time.perf_counter() - start
+    label = "+".join(sorted({d.form for d in outcome.layers if d.form})) or "none"
+    options = {"to": ",".join(request.forms), **planning["budget"]}
+    return Plan(form=label, options=options, layers=outcome.layers, planning=planning)
+
+
+@dataclass(frozen=True)
+class _Layers:
+    """Every layer's candidates, measured (latency, and damage where it can matter), and why others are kept."""
+
+    skipped: dict[str, str]
+    per_layer: dict[str, list[Candidate]]
+    reasons: dict[str, list[str]]
+    everything: list[Candidate]
+
+
+def _measure_layers(prepared: Prepared, request: PlanRequest, cache: LatencyCache) -> _Layers:
     sites = {s.name: s for s in prepared.sites}
-    skipped, per_layer, reasons = _gather(prepared.sites, forms, exclude, grid)
+    skipped, per_layer, reasons = _gather(prepared.sites, request.forms, request.exclude, request.grid)
     everything = [c for cands in per_layer.values() for c in cands]
     module = prepared.traced.module
-    measure_candidates(module, sites, everything, batch, target, cache, seconds, progress)
+    measure_candidates(module, sites, everything, request.layer_timing(), cache)
     # damage only where it can matter: a candidate measured slower than its layer is never chosen
     faster = [c for c in everything if c.measured.get("ratio", float("inf")) < 1.0]
-    probe = probe_inputs(prepared.example_inputs, calibration)
-    measure_damage(module, faster, probe, progress, refit=calibration is not None)
-    deploy_calibration = None if calibration is None else Calibration(calibration[:256])
-    model_seconds = max(5 * seconds, 0.1)  # the whole model is timed longer than one layer
-    original_onnx, reference_s, base_s = _original_times(
-        prepared, target, batch, model_seconds, deploy_calibration, opset
+    probe = probe_inputs(prepared.example_inputs, request.calibration)
+    measure_damage(module, faster, probe, request.progress, refit=request.calibration is not None)
+    return _Layers(skipped, per_layer, reasons, everything)
+
+
+@dataclass(frozen=True)
+class _Original:
+    """The fp32 original's ONNX bytes and time (speedups are against it) and the time of the original deployed
+    for the target (``base_s``: int8 as shipped, where the plan starts from; else the same)."""
+
+    onnx: bytes
+    reference_s: float
+    base_s: float
+
+
+def _original_times(prepared: Prepared, request: PlanRequest, calibration) -> _Original:
+    module, example = prepared.traced.module, prepared.example_inputs
+    seconds = max(5 * request.seconds, 0.1)  # the whole model is timed longer than one layer
+    target, batch = request.target, request.batch
+    original_onnx = export_bytes(module, example, ExportSettings(opset=request.opset))
+    reference_s = time_model(original_onnx, example, batch, target, seconds=seconds)
+    if target.precision == "fp32":
+        return _Original(original_onnx, reference_s, reference_s)
+    deployed = target.deploy_bytes(original_onnx, calibration, as_shipped=True)  # the same export, quantized
+    return _Original(
+        original_onnx, reference_s, time_model(deployed, example, batch, target, seconds=seconds)
     )
-    total_macs = sum(dense_cost(s).macs for s in prepared.sites)
-    scale = layer_scale(base_s, layer_total(per_layer))  # see compose: per-layer savings scaled to the model
-    table = {layer: [_choice(c, budget, scale) for c in cands] for layer, cands in per_layer.items()}
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """The selection chosen, its layer decisions, their summed saving (s), the closed loop's rounds, the winning
+    round's measured speedup (None: no closed loop, or nothing kept), the verdict (why nothing was rewritten) and
+    the per-layer timings."""
+
+    chosen: Selection
+    layers: list[LayerDecision]
+    saved: float
+    rounds: list[dict]
+    measured: float | None
+    verdict: str | None
+    timings: list[dict]
+
+
+def _choose(request: PlanRequest, table: dict, build, loop, original: _Original, macs: int) -> _Outcome:
+    """Select on the predicted table; a speed budget then searches on whole-model measurements; when nothing
+    measured faster as a whole, the model is kept as it is."""
     need = max_energy = None
-    if budget == "target_speedup":
-        need = max(base_s - reference_s / target_speedup, 0.0)  # from the deployed original to the target
-    elif budget == "target_macs":
-        need = total_macs * (1 - target_macs)
+    if request.budget == "target_speedup":  # from the deployed original to the target
+        need = max(original.base_s - original.reference_s / request.value, 0.0)
+    elif request.budget == "target_macs":
+        need = macs * (1 - request.value)
     else:
-        max_energy = max_error**2
-    build = _PlanBuilder(prepared, per_layer, skipped, reasons, scale)
+        max_energy = request.value**2
     chosen = select(table, need=need, max_energy=max_energy)
     layers, saved = build(chosen)
     rounds, measured = [], None
-    if budget == "target_speedup":
-        round_s = seconds * ROUND_SECONDS_FACTOR
-        loop = _Loop(prepared, target, batch, original_onnx, round_s, progress, deploy_calibration, opset)
-        goal = SpeedGoal(target_speedup, need, base_s)
+    if request.budget == "target_speedup":
+        goal = SpeedGoal(request.value, need, original.base_s)
         chosen, layers, saved, rounds, measured = _close_the_loop(loop, goal, table, build)
     timings = layer_timings(layers)
     said = verdict(timings, rounds)
@@ -140,57 +161,36 @@ def plan_to_budget(
         timings, measured = layer_timings(layers), None
         for r in rounds:
             r.pop("chosen", None)
-    predicted_s = predicted_time(base_s, saved)
-    macs_after = sum(d.macs_after for d in layers)
-    used = sorted({d.form for d in layers if d.form})
-    predicted = reference_s / predicted_s
-    planning = {
-        "budget": {
-            budget: {"target_speedup": target_speedup, "target_macs": target_macs, "max_error": max_error}[
-                budget
-            ]
-        },
-        "forms": forms,
-        "batch": batch,
+    return _Outcome(chosen, layers, saved, rounds, measured, said, timings)
+
+
+def _planning(request: PlanRequest, original: _Original, outcome: _Outcome, scale: float, macs: int) -> dict:
+    """The plan's ``planning`` record: the budget, what was measured and predicted, the rounds, the verdict."""
+    predicted_s = predicted_time(original.base_s, outcome.saved)
+    predicted = original.reference_s / predicted_s
+    measured, target = outcome.measured, request.target
+    return {
+        "budget": {request.budget: request.value},
+        "forms": request.forms,
+        "batch": request.batch,
         "target": target.name,
         "precision": target.precision,
         "speedup_against": "original fp32",
         "provider": target.providers[0],
-        "original_onnx_sha256": _sha(original_onnx),
-        "reached": chosen.reached if measured is None else measured >= target_speedup,
-        "original_ms": reference_s * 1e3,
-        "deployed_original_ms": base_s * 1e3,
+        "original_onnx_sha256": _sha(original.onnx),
+        "reached": outcome.chosen.reached if measured is None else measured >= request.value,
+        "original_ms": original.reference_s * 1e3,
+        "deployed_original_ms": original.base_s * 1e3,
         "predicted_ms": predicted_s * 1e3,
         "layer_scale": scale,
         "predicted_speedup": predicted if measured is None else measured,  # closed loop: its measurement
         "layer_sum_speedup": predicted,
-        "rounds": rounds,
-        "predicted_error": chosen.predicted_error,
-        "verdict": said,
-        "layer_timings": timings,
-        "predicted_macs_fraction": macs_after / total_macs if total_macs else 1.0,
-        "candidates": len(everything),
-        "cache_hits": cache.hits,
-        "cache_misses": cache.misses,
-        "planning_s": time.perf_counter() - start,
+        "rounds": outcome.rounds,
+        "predicted_error": outcome.chosen.predicted_error,
+        "verdict": outcome.verdict,
+        "layer_timings": outcome.timings,
+        "predicted_macs_fraction": sum(d.macs_after for d in outcome.layers) / macs if macs else 1.0,
     }
-    label = "+".join(used) or "none"
-    return Plan(
-        form=label, options={"to": ",".join(forms), **planning["budget"]}, layers=layers, planning=planning
-    )
-
-
-def _original_times(prepared: Prepared, target, batch: int, seconds: float, calibration, opset):
-    """The fp32 original's ONNX bytes and time (speedups are against it: the model the user runs today, whatever
-    precision is deployed), and the time of the original deployed for ``target`` (int8: as shipped, where the
-    plan starts from; the same model otherwise)."""
-    module, example = prepared.traced.module, prepared.example_inputs
-    original_onnx = export_bytes(module, example, ExportSettings(opset=opset))
-    reference_s = time_model(original_onnx, example, batch, target, seconds=seconds)
-    if target.precision == "fp32":
-        return original_onnx, reference_s, reference_s
-    deployed = deployed_bytes(module, example, target, calibration, opset)
-    return original_onnx, reference_s, time_model(deployed, example, batch, target, seconds=seconds)
 
 
 class _PlanBuilder:
@@ -212,19 +212,22 @@ class _PlanBuilder:
         return layers, saved
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Loop:
-    """What the closed loop measures with: the target, the batch, the original as it was timed, and how long
-    each whole-model measurement takes."""
+    """What the closed loop measures with: the model, the request (target, batch, opset, progress), the original
+    as it was timed and the int8 calibration; each whole-model round takes ``ROUND_SECONDS_FACTOR`` times the
+    seconds of one candidate."""
 
     prepared: Prepared
-    target: object
-    batch: int
+    request: PlanRequest
     original_onnx: bytes
-    seconds: float
-    progress: bool = False
     calibration: object = None
-    opset: int | None = None
+
+    def timing(self) -> WholeModelTiming:
+        r = self.request
+        return WholeModelTiming(
+            r.batch, r.target, r.seconds * ROUND_SECONDS_FACTOR, self.calibration, r.opset
+        )
 
 
 @dataclass(frozen=True)
@@ -250,12 +253,8 @@ def _close_the_loop(loop: _Loop, goal: SpeedGoal, table: dict, build: _PlanBuild
             loop.prepared.traced.module,
             Plan(form="budget", options={}, layers=layers),
             loop.prepared.example_inputs,
-            loop.batch,
-            loop.target,
-            seconds=loop.seconds,
+            loop.timing(),
             original_model=loop.original_onnx,
-            calibration=loop.calibration,
-            opset=loop.opset,
         )
         details.append({k: timed[k] for k in ("speedup_iqr", "runs")} | {"onnx_sha256": _sha(planned)})
         return timed["speedup"]
@@ -265,9 +264,8 @@ def _close_the_loop(loop: _Loop, goal: SpeedGoal, table: dict, build: _PlanBuild
         return None if blended is None else (blended, *build(blended))
 
     cap = max_multiplier(table, goal.need)
-    (chosen, layers, saved), rounds = search(
-        select_at, measure, goal.target, goal.base_s, loop.progress, between, cap
-    )
+    options = SearchOptions(between, cap, loop.request.progress)
+    (chosen, layers, saved), rounds = search(select_at, measure, goal.target, goal.base_s, options)
     measured = iter(details)  # one detail per measurement; a confirmed round was measured twice
     for r in rounds:
         taken = [next(measured) for _ in r["measurements"]]

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -58,28 +58,40 @@ def deployed_bytes(module: nn.Module, example_inputs: tuple, target, calibration
     return get_target(target).deploy_bytes(exported, calibration, as_shipped=True)
 
 
+@dataclass(frozen=True)
+class WholeModelTiming:
+    """How a whole planned model is timed: at ``batch`` on ``target`` for ``seconds`` (as the report's own
+    measurement), deployed with ``calibration`` (int8), exported at ``opset``."""
+
+    batch: int
+    target: object = "cpu"
+    seconds: float = 3.0
+    calibration: object = None
+    opset: int | None = None
+
+
 def measure_plan_speedup(
     module: nn.Module,
     plan: Plan,
     example_inputs: tuple,
-    batch: int,
-    target="cpu",
-    seconds: float = 3.0,  # as the report's measurement
+    timing: WholeModelTiming,
     original_model: bytes | None = None,
-    calibration=None,
-    opset: int | None = None,
 ) -> tuple[dict, bytes, bytes]:
-    """Whole-model speedup of ``plan`` applied to ``module``, deployed for ``target``, against the fp32 original
+    """Whole-model speedup of ``plan`` applied to ``module``, deployed for the target, against the fp32 original
     (``runtime.timing.compare``: median of per-round ratios, per-round spread, runs) and the two models timed
     (original, planned)."""
-    target = available_target(target)
-    original_model = original_model or export_bytes(module, example_inputs, ExportSettings(opset=opset))
-    planned = deployed_bytes(apply_plan(module, plan), example_inputs, target, calibration, opset)
+    target = available_target(timing.target)
+    original_model = original_model or export_bytes(
+        module, example_inputs, ExportSettings(opset=timing.opset)
+    )
+    planned = deployed_bytes(
+        apply_plan(module, plan), example_inputs, target, timing.calibration, timing.opset
+    )
     sessions = {"original": target.session(original_model), "candidate": target.session(planned)}
     # the final report's timing (no cap on runs): a cap cut the faster model's later blocks to one run each,
     # so its median came from the first rounds alone and the rounds read 5-15 % above the final measurement
-    settings = replace(DEFAULT_TIMING, seconds=seconds)
-    timed = time_sessions(sessions, random_inputs(example_inputs, batch), settings)
+    settings = replace(DEFAULT_TIMING, seconds=timing.seconds)
+    timed = time_sessions(sessions, random_inputs(example_inputs, timing.batch), settings)
     return compare(timed["original"], timed["candidate"]), original_model, planned
 
 
@@ -130,19 +142,27 @@ def pick_round(rounds: list[dict], target: float) -> dict:
     return max(rounds, key=lambda r: r["measured_speedup"])
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """``between(slow_state, fast_state)``: a state between two (or None), for when no multiplier gives a new
+    selection; ``cap`` bounds the multiplier (see ``propose``); ``progress`` prints a line per round."""
+
+    between: Callable[[tuple, tuple], tuple | None] | None = None
+    cap: float | None = None
+    progress: bool = False
+
+
 def search(
     select_at: Callable[[float], tuple],
     measure: Callable[[object], float],
     target: float,
     base_s: float,
-    progress: bool = False,
-    between: Callable[[tuple, tuple], tuple | None] | None = None,
-    cap: float | None = None,
+    options: SearchOptions = SearchOptions(),
 ) -> tuple[tuple, list[dict]]:
     """Rounds of choose → measure (see module docstring). ``select_at(μ)`` returns ``(selection, layers,
     saved_s)`` with ``selection.choice`` and ``selection.predicted_error``; ``measure(layers)`` the whole-model
-    speedup; ``between(slow_state, fast_state)`` a state between two (or None). Returns the winning state and
-    the rounds (the winner marked ``chosen``). ``cap`` bounds the multiplier (see ``propose``)."""
+    speedup. Returns the winning state and the rounds (the winner marked ``chosen``)."""
+    between, cap, progress = options.between, options.cap, options.progress
     rounds: list[dict] = []
     states: dict[str, tuple] = {}
     multiplier = 1.0

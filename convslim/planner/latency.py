@@ -14,7 +14,7 @@ plan too.
 
 Example:
     >>> cache = LatencyCache()
-    >>> measure_candidates(prepared.traced.module, sites_by_name, candidates, batch=32, cache=cache)
+    >>> measure_candidates(prepared.traced.module, sites_by_name, candidates, LayerTiming(batch=32), cache)
     >>> candidates[0].measured["ratio"]
 """
 
@@ -23,16 +23,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import tempfile
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
 import torch
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph as OrtInvalidGraph
+from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
+from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException as OrtRuntimeException
 from torch import nn
 from tqdm.auto import tqdm
 
+from convslim.core.machine import cpu_model
+from convslim.core.outputs import atomic_write_text
+from convslim.errors import ConvslimError
 from convslim.runtime.export import export_layer
 from convslim.runtime.targets import available_target, get_target
 from convslim.runtime.timing import TimingSettings, random_inputs, time_sessions
@@ -46,17 +51,6 @@ RETRIES = 2
 
 def cache_dir() -> Path:
     return Path(os.environ.get("CONVSLIM_CACHE_DIR") or Path.home() / ".cache" / "convslim")
-
-
-@lru_cache(maxsize=1)
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class LatencyCache:
@@ -86,10 +80,7 @@ class LatencyCache:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.entries, f)
-        os.replace(tmp, self.path)  # atomic: a concurrent reader never sees half a file
+        atomic_write_text(self.path, json.dumps(self.entries))  # a concurrent reader never sees half a file
 
 
 def conv_config(conv: nn.Conv2d) -> dict:
@@ -110,7 +101,11 @@ def structure(module: nn.Module) -> str:
     return hashlib.sha1((repr(module) + json.dumps(shapes)).encode()).hexdigest()[:16]
 
 
-def cache_key(in_shape, conv, form: str, options: dict, replacement: nn.Module, batch: int, target) -> str:
+def cache_key(
+    in_shape, conv, form_options: tuple[str, dict], replacement: nn.Module, batch: int, target
+) -> str:
+    """The cache key of one candidate (``form_options``: its form and grid options) of one conv."""
+    form, options = form_options
     fields = {
         "in": [batch, *in_shape],
         "conv": conv_config(conv),
@@ -159,37 +154,49 @@ def time_pair(
     }
 
 
+@dataclass(frozen=True)
+class LayerTiming:
+    """How each candidate is timed: at ``batch`` on ``target`` for ``seconds``, with a progress bar or not."""
+
+    batch: int = 32
+    target: object = "cpu"
+    seconds: float = 0.3
+    progress: bool = False
+
+
+# what may fail for one candidate without being a bug: a form refusing this conv (a typed error), the exporter
+# refusing the micro-model, ONNX Runtime unable to load or run it
+SKIPPED_CANDIDATE = (ConvslimError, OrtFail, OrtInvalidGraph, OrtNotImplemented, OrtRuntimeException)
+
+
 @torch.no_grad()
 def measure_candidates(
-    module: nn.Module,
-    sites: dict,
-    candidates: list,
-    batch: int = 32,
-    target="cpu",
-    cache: LatencyCache | None = None,
-    seconds: float = 0.3,
-    progress: bool = False,
+    module: nn.Module, sites: dict, candidates: list, timing: LayerTiming, cache: LatencyCache | None = None
 ) -> None:
     """Fill ``candidate.measured`` (ratio, orig_s, cand_s, saved_s for all calls of the conv, cached) in place,
-    timed on ``target`` (its precision too: ``cpu-int8`` times int8 micro-models, cached apart from fp32)."""
-    target = available_target(target)
+    timed on the target (its precision too: ``cpu-int8`` times int8 micro-models, cached apart from fp32). A
+    candidate its form refuses or ONNX Runtime cannot run gets ``{"error": why}``; any other exception is a bug
+    and propagates."""
+    target = available_target(timing.target)
     cache = cache if cache is not None else LatencyCache()
     generator = torch.Generator().manual_seed(0)
     modules = dict(module.named_modules())
-    for cand in tqdm(candidates, desc=f"measuring layers ({target.name})", disable=not progress, leave=False):
+    for cand in tqdm(
+        candidates, desc=f"measuring layers ({target.name})", disable=not timing.progress, leave=False
+    ):
         site, conv = sites[cand.layer], modules[cand.layer]
         try:
             replacement = cand.build(conv)
-        except Exception as exc:  # noqa: BLE001  (a form that fails here only loses this candidate)
+        except ConvslimError as exc:
             cand.measured = {"error": f"convert failed: {str(exc)[:120]}"}
             continue
-        key = cache_key(site.in_shape, conv, cand.form, cand.options, replacement, batch, target)
+        key = cache_key(site.in_shape, conv, (cand.form, cand.options), replacement, timing.batch, target)
         found = cache.get(key)
         if found is None:
-            example = torch.randn((batch, *site.in_shape), generator=generator)
+            example = torch.randn((timing.batch, *site.in_shape), generator=generator)
             try:
-                found = time_pair(conv, replacement, example, target, seconds)
-            except Exception as exc:  # noqa: BLE001
+                found = time_pair(conv, replacement, example, target, timing.seconds)
+            except SKIPPED_CANDIDATE as exc:
                 cand.measured = {"error": f"timing failed: {str(exc)[:120]}"}
                 continue
             cache.put(key, found)

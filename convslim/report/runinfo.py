@@ -7,13 +7,13 @@ Example:
 
 from __future__ import annotations
 
-import os
 import platform
 
 import onnx
 import onnxruntime
 import torch
 
+from convslim.core.machine import cpu_name
 from convslim.version import __version__
 
 
@@ -33,14 +33,3 @@ def run_record(example_inputs: tuple, record: dict | None, settings: dict) -> di
         "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
     }
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical cores)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical cores)"

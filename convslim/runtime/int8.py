@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import onnx
 import torch
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from convslim.core.machine import cpu_flags
 from convslim.errors import UsageError
 from convslim.runtime.int8_speed import slower_nodes
 from convslim.runtime.int8_whole import kinds_faster_in_fp32
@@ -94,13 +94,8 @@ class Calibration:
         )
 
 
-@lru_cache(maxsize=1)
 def cpu_has_vnni() -> bool:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_vnni" in text or " avx_vnni" in text
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
 
 
 def preprocess(fp32_path: Path, out_path: Path) -> str | None:

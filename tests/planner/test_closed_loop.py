@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from convslim.api import prepare
 from convslim.models import resnet20
 from convslim.planner import plan_to_budget
-from convslim.planner.closed_loop import MAX_ROUNDS, OVERSHOOT, pick_round, realised_share, search
+from convslim.planner.closed_loop import (
+    MAX_ROUNDS,
+    OVERSHOOT,
+    SearchOptions,
+    pick_round,
+    realised_share,
+    search,
+)
 
 
 def test_realised_share_is_the_share_of_saving_that_materialised():
@@ -102,7 +109,7 @@ def test_search_bisects_between_selections_when_the_greedy_jumps():
 
     stuck = search(select_at, measure, target, base_s)[1]
     assert not any(target <= r["measured_speedup"] <= target * OVERSHOOT for r in stuck)  # without it
-    (_, layers, _), rounds = search(select_at, measure, target, base_s, between=between)
+    (_, layers, _), rounds = search(select_at, measure, target, base_s, SearchOptions(between=between))
     assert target <= measure(layers) <= target * OVERSHOOT, rounds
 
 
@@ -113,9 +120,9 @@ def test_speed_budget_reports_whole_model_measurements(tmp_path, monkeypatch):
     seen: list[float] = []
     real = budgeted.measure_plan_speedup
 
-    def spy(*args, seconds, **kwargs):
-        seen.append(seconds)
-        return real(*args, seconds=seconds, **kwargs)
+    def spy(module, plan, example_inputs, timing, **kwargs):
+        seen.append(timing.seconds)
+        return real(module, plan, example_inputs, timing, **kwargs)
 
     monkeypatch.setattr(budgeted, "measure_plan_speedup", spy)
     prepared = prepare(resnet20().eval(), torch.randn(1, 3, 32, 32))

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convslim.planner.budget import Choice, select
-from convslim.planner.closed_loop import OVERSHOOT, search
+from convslim.planner.closed_loop import OVERSHOOT, SearchOptions, search
 from convslim.planner.compose import layer_scale, max_multiplier, predicted_time
 
 BASE_S = 0.02
@@ -69,7 +69,7 @@ def test_search_stays_bounded_and_lands_in_the_window(alone, overstate, realised
         return chosen, list(chosen.choice), chosen.saving
 
     reachable = sorted(measure([f"l{i}" for i in range(n)]) for n in range(len(raw) + 1))
-    (_, layers, saved), rounds = search(select_at, measure, target, BASE_S, cap=cap)
+    (_, layers, saved), rounds = search(select_at, measure, target, BASE_S, SearchOptions(cap=cap))
     assert all(r["multiplier"] <= cap * 1.0001 for r in rounds), (cap, rounds)
     assert all(0 <= r["saved_fraction"] < 1 for r in rounds)
     assert predicted_time(BASE_S, saved) > 0

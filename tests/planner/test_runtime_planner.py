@@ -41,7 +41,8 @@ def test_latency_cache_keyed_by_precision(prepared, tmp_path):
     cand = candidates_for(site, parse_forms("dwsep"), {"dwsep": [{"rank": 1}]})[0][0]
     replacement = cand.build(conv)
     keys = {
-        t: latency.cache_key(site.in_shape, conv, "dwsep", {}, replacement, 4, t) for t in ("cpu", "cpu-int8")
+        t: latency.cache_key(site.in_shape, conv, ("dwsep", {}), replacement, 4, t)
+        for t in ("cpu", "cpu-int8")
     }
     assert keys["cpu"] != keys["cpu-int8"]
 
@@ -49,7 +50,8 @@ def test_latency_cache_keyed_by_precision(prepared, tmp_path):
     sites = {s.name: s for s in prepared.sites}
     for target in ("cpu-int8", "cpu", "cpu-int8"):
         fresh = candidates_for(site, parse_forms("dwsep"), {"dwsep": [{"rank": 1}]})[0][:1]
-        latency.measure_candidates(prepared.traced.module, sites, fresh, 4, target, cache, seconds=0.02)
+        timing = latency.LayerTiming(batch=4, target=target, seconds=0.02)
+        latency.measure_candidates(prepared.traced.module, sites, fresh, timing, cache)
         assert "ratio" in fresh[0].measured
     assert (cache.misses, cache.hits) == (2, 1)  # int8 measured once, fp32 once, then int8 from the cache
     stored = json.loads((tmp_path / latency.CACHE_FILE).read_text())

@@ -1,0 +1,14 @@
+"""How many samples each step takes, named once (each was a bare 64, 256 or 512 in several places).
+
+Example:
+    >>> calibration[:ACTIVATION_SAMPLES]   # what a form sees of the activations, and the parity check's real batch
+"""
+
+ACTIVATION_SAMPLES = (
+    64  # real inputs recorded per conv (forms that choose from activations) and parity-checked
+)
+CALIBRATION_BATCH = (
+    256  # real inputs --data gives compress as its calibration batch; the int8 planner's calibration
+)
+INT8_CALIBRATION = 512  # images int8 quantization calibrates on (--calib-data, else --data)
+SESSION_BATCH = 64  # batch size for running a deployed model over held-out images
