@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from convslim.core.samples import INT8_CALIBRATION
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings
 
@@ -153,22 +154,17 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
 
 def data_sets(args: argparse.Namespace, model, inputs) -> dict:
     """The data flags given (--data, --val-data, --calib-data), loaded and checked against the model's inputs
-    and classes (``convslim.inputs.data.load_for_model``)."""
-    from convslim.inputs.data import load_for_model, output_classes, parse_floats, parse_size
+    and classes (``convslim.inputs.data.load_sets``)."""
+    from convslim.inputs.data import Preprocess, load_sets, parse_floats, parse_size
 
     calib = getattr(args, "calib_data", None)
     if args.val_data and not (args.data or calib):
         raise UsageError("--val-data needs --data (the training data) or --calib-data as well")
-    flags = (("--data", args.data), ("--val-data", args.val_data), ("--calib-data", calib))
-    if not any(path for _, path in flags):
-        return {}
-    loading = {
-        "resize": parse_size(args.resize),
-        "mean": parse_floats(args.mean, "--mean"),
-        "std": parse_floats(args.std, "--std"),
-    }
-    classes = output_classes(model, inputs)
-    sets = {flag: load_for_model(path, inputs, classes, name=flag, **loading) for flag, path in flags if path}
+    files = {"--data": args.data, "--val-data": args.val_data, "--calib-data": calib}
+    preprocess = Preprocess(
+        parse_size(args.resize), parse_floats(args.mean, "--mean"), parse_floats(args.std, "--std")
+    )
+    sets = load_sets(model, inputs, files, preprocess)
     for flag, data in sets.items():
         if data.skipped:
             print(f"convslim: {flag}: skipped {data.skipped} unreadable image(s)", file=sys.stderr)
@@ -176,24 +172,16 @@ def data_sets(args: argparse.Namespace, model, inputs) -> dict:
 
 
 def finetune_inputs(args: argparse.Namespace, model, inputs, sets: dict):
-    """(hook, calibration batch) from the loaded data, or (None, None) without --data."""
-    from convslim.finetune import check_finetunable, finetune
+    """(hook, calibration batch) from the loaded data (``convslim.finetune.from_data``), or (None, None) without
+    --data."""
+    from convslim.finetune import from_data
 
     if "--data" not in sets:
         return None, None
-    check_finetunable(model, inputs)
-    hook = finetune(
-        sets["--data"],
-        sets.get("--val-data"),
-        steps=args.finetune_steps,
-        minutes=args.finetune_minutes,
-        **recipe_settings(args),
-        augment=not args.no_augment,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.quiet,
-    )
-    return hook, sets["--data"].x[:256].to(args.device)
+    settings = recipe_settings(args) | {"steps": args.finetune_steps, "minutes": args.finetune_minutes}
+    settings.update(augment=not args.no_augment, seed=args.seed, device=args.device, progress=not args.quiet)
+    loaded = from_data(model, inputs, sets["--data"], sets.get("--val-data"), **settings)
+    return loaded.hook, loaded.calibration
 
 
 RECIPE = ("batch_size", "lr", "weight_decay", "temperature", "ce_weight", "feature_weight")
@@ -252,7 +240,7 @@ def deploy_settings(args: argparse.Namespace, sets: dict):
     source = sets.get("--calib-data") or sets.get("--data")
     calibration = None
     if source is not None:
-        calibration = Calibration.split(source, 512, sets.get("--val-data"))
+        calibration = Calibration.split(source, INT8_CALIBRATION, sets.get("--val-data"))
         if source is sets.get("--data") and "--val-data" not in sets:
             calibration.held_source += "; fine-tuning trains on --data too"
     return DeploySettings(

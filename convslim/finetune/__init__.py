@@ -2,7 +2,8 @@
 
 - ``recipe``: the recipe (``run``): score, refit each rewritten layer (``reconstruct``), then block-wise and
   end-to-end distillation (``distill``) with BatchNorms that fold back (``affine``), keeping the best weights.
-- ``hook``: ``finetune(data, val)`` (the ``compress(finetune=)`` hook) and ``from_files`` (data from disk).
+- ``hook``: ``finetune(data, val)`` (the ``compress(finetune=)`` hook), ``from_files`` (data from disk) and
+  ``from_data`` (data loaded already: the CLI).
 - ``settings``: ``FinetuneSettings``; ``feed``: batches, augmentation, scoring; ``stopping``: the step/time
   budget and Ctrl-C.
 
@@ -13,7 +14,14 @@ Example:
     >>> result.report.finetune["accuracy"]
 """
 
-from convslim.finetune.hook import FinetuneData, FinetuneHook, check_finetunable, finetune, from_files
+from convslim.finetune.hook import (
+    FinetuneData,
+    FinetuneHook,
+    check_finetunable,
+    finetune,
+    from_data,
+    from_files,
+)
 from convslim.finetune.recipe import run
 from convslim.finetune.settings import DEFAULT_STEPS, FinetuneSettings
 
@@ -24,6 +32,7 @@ __all__ = [
     "FinetuneSettings",
     "check_finetunable",
     "finetune",
+    "from_data",
     "from_files",
     "run",
 ]

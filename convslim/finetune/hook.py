@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from convslim.core import Plan, Prepared
+from convslim.core.samples import CALIBRATION_BATCH
 from convslim.errors import UsageError
 from convslim.finetune.feed import as_source
 from convslim.finetune.recipe import run
 from convslim.finetune.settings import FinetuneSettings
-from convslim.inputs.data import load_for_model, output_classes
+from convslim.inputs.data import Preprocess, load_sets
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def from_files(
     resize=None,
     mean=None,
     std=None,
-    calibration_batch: int = 256,
+    calibration_batch: int = CALIBRATION_BATCH,
     **settings,
 ) -> FinetuneData:
     """Load ``data`` (and ``val_data``: image folder, .npz or .pt) checked against ``model``'s inputs and
@@ -91,12 +92,20 @@ def from_files(
     """
     example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     check_finetunable(model, example_inputs)
-    classes = output_classes(model, example_inputs)
-    loading = {"resize": resize, "mean": mean, "std": std}
-    train = load_for_model(data, example_inputs, classes, name="--data", **loading)
-    val = None
-    if val_data is not None:
-        val = load_for_model(val_data, example_inputs, classes, name="--val-data", **loading)
+    files = {"--data": data, "--val-data": val_data}
+    sets = load_sets(model, example_inputs, files, Preprocess(resize, mean, std))
+    return _finetune_data(sets["--data"], sets.get("--val-data"), calibration_batch, settings)
+
+
+def from_data(model, example_inputs, train, val=None, **settings) -> FinetuneData:
+    """``from_files`` for data sets already loaded (``convslim.inputs.data.load_sets``): the model checked, the
+    hook built, the first ``CALIBRATION_BATCH`` training samples as the calibration batch."""
+    example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    check_finetunable(model, example_inputs)
+    return _finetune_data(train, val, CALIBRATION_BATCH, settings)
+
+
+def _finetune_data(train, val, calibration_batch: int, settings: dict) -> FinetuneData:
     device = settings.get("device") or "cpu"
     hook = finetune(train, val, **settings)
     return FinetuneData(hook, train.x[:calibration_batch].to(device), train, val)

@@ -251,14 +251,20 @@ def output_classes(model: torch.nn.Module, example_inputs: tuple) -> int | None:
     return out.shape[1] if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
 
+@dataclass(frozen=True)
+class Preprocess:
+    """How images are prepared on loading: ``resize`` to (H, W), then normalised by ``mean``/``std`` per channel."""
+
+    resize: Sequence[int] | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+
+
 def load_for_model(
     path: str | Path,
     example_inputs: tuple,
     num_classes: int | None,
-    *,
-    resize: Sequence[int] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    preprocess: Preprocess = Preprocess(),
     name: str = "--data",
 ) -> ArrayData:
     """``load_data`` plus the checks a model needs: samples shaped like its first input, labels within its
@@ -267,7 +273,27 @@ def load_for_model(
     Example:
         >>> train = load_for_model("train.npz", (torch.randn(1, 3, 32, 32),), output_classes(model, inputs))
     """
-    data = load_data(path, resize, mean, std)
+    data = load_data(path, preprocess.resize, preprocess.mean, preprocess.std)
     check_inputs(data, example_inputs[0].shape, f"{name} {data.source}")
     check_labels(data, num_classes, f"{name} {data.source}")
     return data
+
+
+def load_sets(
+    model, example_inputs: tuple, files: dict[str, str | Path | None], preprocess: Preprocess = Preprocess()
+) -> dict[str, ArrayData]:
+    """Every file given in ``files`` (name, e.g. "--data", → path; None: not given), loaded and checked against
+    ``model``'s inputs and classes; the one loader ``convslim.finetune.from_files`` and the CLI share.
+
+    Example:
+        >>> sets = load_sets(model, inputs, {"--data": "train.npz", "--val-data": None})
+        >>> list(sets)
+        ['--data']
+    """
+    given = {name: path for name, path in files.items() if path is not None}
+    if not given:
+        return {}
+    classes = output_classes(model, example_inputs)
+    return {
+        name: load_for_model(path, example_inputs, classes, preprocess, name) for name, path in given.items()
+    }

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from convslim.core import ConvSite, Prepared, TracedModel
+from convslim.core.samples import ACTIVATION_SAMPLES
 from convslim.errors import UsageError
 from convslim.inputs.loading import check_finite
 from convslim.passes.fold_bn import fold_batchnorm
@@ -31,7 +32,7 @@ def prepare(model: nn.Module, example_inputs, calibration: torch.Tensor | None =
     """Copy, trace, fold BatchNorm and find every conv with its shapes.
 
     With ``calibration`` (a batch of real inputs), each site also gets ``input_sample``: what the conv sees on
-    the first 64 of them, for forms that choose from activations.
+    the first ``ACTIVATION_SAMPLES`` (64) of them, for forms that choose from activations.
     """
     if not isinstance(model, nn.Module):
         raise UsageError(f"expected an nn.Module, got {type(model).__name__}")
@@ -46,7 +47,7 @@ def prepare(model: nn.Module, example_inputs, calibration: torch.Tensor | None =
         propagate_shapes_(traced)
     sites = collect_conv_sites(traced)
     if calibration is not None:
-        record_input_samples(traced.module, sites, calibration[:64])
+        record_input_samples(traced.module, sites, calibration[:ACTIVATION_SAMPLES])
     return Prepared(original, traced, sites, folded)
 
 

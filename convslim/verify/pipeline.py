@@ -21,6 +21,7 @@ from torch import nn
 from convslim.convert import get_form
 from convslim.core import Plan, Prepared
 from convslim.core.outputs import staged_output_dir
+from convslim.core.samples import ACTIVATION_SAMPLES
 from convslim.report.report import Report
 from convslim.report.sections import DeploySection, ExportSection, VerifySection
 from convslim.runtime.deploy import (
@@ -46,7 +47,7 @@ def weight_errors(prepared: Prepared, plan: Plan) -> dict[str, float | None]:
 
 
 def parity_batches(example_inputs: tuple, calibration: torch.Tensor | None, fixed_batch: int | None = None):
-    """Random inputs shaped like the example (batch 1 and 4), plus up to 64 real samples when given; a model with
+    """Random inputs shaped like the example (batch 1 and 4), plus up to ``ACTIVATION_SAMPLES`` (64) real samples when given; a model with
     a fixed batch gets batches of exactly that size."""
     generator = torch.Generator().manual_seed(0)
     batches = []
@@ -60,7 +61,7 @@ def parity_batches(example_inputs: tuple, calibration: torch.Tensor | None, fixe
             )
         )
     if calibration is not None and (fixed_batch is None or len(calibration) >= fixed_batch):
-        batches.append((calibration[: fixed_batch or 64],))
+        batches.append((calibration[: fixed_batch or ACTIVATION_SAMPLES],))
     return batches
 
 
