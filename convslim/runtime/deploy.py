@@ -18,9 +18,11 @@ from pathlib import Path
 
 import onnx
 
+from convslim.core.samples import SESSION_BATCH
 from convslim.errors import UsageError
 from convslim.runtime.export import ExportSettings
 from convslim.runtime.int8 import Calibration, Int8Settings
+from convslim.runtime.int8_speed import NodeSpeeds
 from convslim.runtime.measure import NOISY_SPREAD, NOISY_WARNING, measure_models
 from convslim.runtime.sessions import run_batched
 from convslim.runtime.targets import available_target
@@ -39,19 +41,24 @@ FILES = {
 @dataclass(frozen=True)
 class DeploySettings:
     """``runtime``: a target name (``cpu``, ``cpu-int8``, ...); ``export``: opset and static shape; ``int8``:
-    quantization settings for int8 targets; ``calibration``: images to calibrate and check accuracy on."""
+    quantization settings for int8 targets; ``calibration``: images to calibrate and check accuracy on.
+    ``speeds``: the int8 per-conv timings this run has made (the planner's rounds and the final deployment
+    time each kind of conv once); not a setting, so it does not take part in comparisons."""
 
     runtime: str = "cpu"
     export: ExportSettings = field(default_factory=ExportSettings)
     int8: Int8Settings | None = None
     calibration: Calibration | None = None
     timing: TimingSettings = DEFAULT_TIMING
+    speeds: NodeSpeeds = field(default_factory=NodeSpeeds, compare=False, repr=False)
 
     def target(self):
         """The target, checked: known, available here, and given calibration images when it needs them."""
         target = available_target(self.runtime)
-        if self.int8 is not None and hasattr(target, "with_settings"):
-            target = target.with_settings(self.int8)
+        if hasattr(target, "with_settings"):
+            target = target.with_settings(
+                self.int8 if self.int8 is not None else target.settings, self.speeds
+            )
         if target.needs_calibration and self.calibration is None:
             raise UsageError(
                 f"--runtime {target.name} needs calibration images: pass --data TRAIN (.npz, .pt or an image "
@@ -83,7 +90,8 @@ def accuracy(models: dict[str, Path], settings: DeploySettings) -> dict | None:
         return None
     target = settings.target()
     outputs = {
-        name: run_batched(target.session(path), calibration.held_x, 64) for name, path in models.items()
+        name: run_batched(target.session(path), calibration.held_x, SESSION_BATCH)
+        for name, path in models.items()
     }
     if any(len(out) == 0 for out in outputs.values()):
         return None  # fewer held-out images than the model's fixed batch

@@ -25,16 +25,19 @@ Example:
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import onnx
 import torch
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from convslim.core.machine import cpu_flags
+from convslim.core.samples import INT8_CALIBRATION, SESSION_BATCH
 from convslim.errors import UsageError
-from convslim.runtime.int8_speed import slower_nodes
+from convslim.runtime.int8_speed import NodeSpeeds, slower_nodes
 from convslim.runtime.int8_whole import kinds_faster_in_fp32
 from convslim.runtime.quantize import TYPES, fp32_glue, quantize_nodes
 
@@ -50,7 +53,7 @@ class Int8Settings:
     weight_type: str = "int8"
     reduce_range: bool | None = None
     per_channel: bool = True
-    calibration_samples: int = 512
+    calibration_samples: int = INT8_CALIBRATION
     calibration_batch: int = 64
     exclude: tuple[str, ...] = ()
     max_drop: float = 0.01
@@ -77,7 +80,7 @@ class Calibration:
     held_source: str = "held-back calibration data"
 
     @classmethod
-    def split(cls, data, samples: int = 512, val=None) -> Calibration:
+    def split(cls, data, samples: int = INT8_CALIBRATION, val=None) -> Calibration:
         """From a convslim ``ArrayData``: the first ``samples`` images calibrate; ``val`` (an ArrayData) checks
         accuracy, or without it up to 1000 images after the calibration ones (held back, never calibrated on)."""
         if val is not None:
@@ -99,13 +102,42 @@ def cpu_has_vnni() -> bool:
 
 
 def preprocess(fp32_path: Path, out_path: Path) -> str | None:
-    """``quant_pre_process`` into ``out_path``; returns a note when symbolic shape inference had to be skipped."""
-    try:
-        quant_pre_process(str(fp32_path), str(out_path))
-        return None
-    except Exception as exc:  # noqa: BLE001  (retried without the symbolic pass, and the report says so)
+    """``quant_pre_process`` into ``out_path``; returns a note when symbolic shape inference could not finish.
+
+    ORT's own symbolic pass, when it cannot finish, saves ``sym_shape_infer_temp.onnx`` (and its external data
+    file) into the current folder and raises a bare ``Exception``. So it runs here first, as
+    ``SymbolicShapeInference.infer_shapes`` does but without that save; a model it finishes on is handed on with
+    its shapes, one it cannot finish is pre-processed with ONNX shape inference only (and the report says so).
+    Any other error is a bug and propagates."""
+    model = onnx.load(str(fp32_path))
+    inferred = symbolic_shapes(model)
+    if inferred is None:
         quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
-        return f"symbolic shape inference failed ({str(exc)[:120]}); quantized with ONNX shape inference only"
+        return (
+            "symbolic shape inference failed (Incomplete symbolic shape inference); quantized with ONNX shape "
+            "inference only"
+        )
+    shaped = out_path.with_name(f"{out_path.stem}.shapes.onnx")
+    onnx.save(inferred, str(shaped))
+    try:
+        quant_pre_process(str(shaped), str(out_path), skip_symbolic_shape=True)
+    finally:
+        shaped.unlink(missing_ok=True)
+    return None
+
+
+def symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """ORT's symbolic shape inference of ``model`` (what ``quant_pre_process`` runs first), or None where it
+    cannot infer every shape. The steps of ``SymbolicShapeInference.infer_shapes``, less its temp-file save."""
+    inference = SymbolicShapeInference(
+        int_max=2**31 - 1, auto_merge=False, guess_output_rank=False, verbose=0
+    )
+    complete = False
+    inference._preprocess(model)
+    while inference.run_:
+        complete = inference._infer_impl()
+    inference._update_output_from_vi()
+    return inference.out_mp_ if complete else None
 
 
 def node_kinds(model: onnx.ModelProto) -> dict[str, str]:
@@ -152,8 +184,8 @@ def scores(fp32_session, int8_session, calibration: Calibration) -> dict:
     from convslim.runtime.sessions import run_batched
 
     x = calibration.held_x
-    ref = run_batched(fp32_session, x, 64)
-    got = run_batched(int8_session, x, 64)
+    ref = run_batched(fp32_session, x, SESSION_BATCH)
+    got = run_batched(int8_session, x, SESSION_BATCH)
     if calibration.held_y is not None:
         y = calibration.held_y[: len(ref)].numpy()
         fp, q = float((ref.argmax(1) == y).mean()), float((got.argmax(1) == y).mean())
@@ -168,34 +200,68 @@ class _Attempt:
     score: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Quantizer:
+    """One model being quantized: the pre-processed fp32 file, where the int8 file goes, the images, the
+    resolved settings, and sessions on the target (the fp32 one opened once)."""
+
+    pre: Path
+    out_path: Path
+    calibration: Calibration
+    resolved: dict
+    fp32_session: object
+    session_for: Callable
+
+    def attempt(self, excluded: dict[str, str]) -> _Attempt:
+        """Quantize with ``excluded`` kept in fp32, written to ``out_path``, and scored when images are held back."""
+        quantize_nodes(self.pre, self.out_path, self.calibration.x, self.resolved, list(excluded))
+        if self.calibration.held_x is None:
+            return _Attempt(dict(excluded))
+        return _Attempt(
+            dict(excluded), scores(self.fp32_session, self.session_for(self.out_path), self.calibration)
+        )
+
+
 def quantize(
-    fp32_path: Path, out_path: Path, calibration: Calibration, settings: Int8Settings, session_for
+    fp32_path: Path,
+    out_path: Path,
+    calibration: Calibration,
+    settings: Int8Settings,
+    session_for,
+    speeds: NodeSpeeds | None = None,
 ) -> dict:
     """Quantize ``fp32_path`` into ``out_path`` (see the module docstring); ``session_for(path)`` opens a session
-    on the target. Returns what was done: settings, nodes kept in fp32 with reasons, and int8 vs fp32 scores."""
+    on the target; ``speeds`` remembers per-conv timings across calls (a fresh one: this call only). Returns
+    what was done: settings, nodes kept in fp32 with reasons, and int8 vs fp32 scores."""
     resolved = settings.resolved()
     with tempfile.TemporaryDirectory(prefix="convslim-int8-") as scratch:
         pre = Path(scratch) / "pre.onnx"
         notes = [n for n in [preprocess(fp32_path, pre)] if n]
         model = onnx.load(str(pre))
         kinds = node_kinds(model)
-        attempt = _Attempt(user_exclusions(kinds, model, settings.exclude))
+        excluded = user_exclusions(kinds, model, settings.exclude)
         if settings.speed_check:
-            slower = slower_nodes(pre, resolved, settings.speed_batch)
-            attempt.excluded.update({n: r for n, r in slower.items() if n not in attempt.excluded})
-            attempt.excluded.update(
-                kinds_faster_in_fp32(
-                    pre, calibration.x, resolved, attempt.excluded, kinds, settings.speed_batch
-                )
-            )
-        fp32_session = session_for(pre)
-        attempt.score = _quantize_and_score(
-            pre, out_path, calibration, resolved, attempt.excluded, fp32_session, session_for
-        )
+            speeds = speeds if speeds is not None else NodeSpeeds()  # (an empty one is falsy: no ``or``)
+            excluded = _speed_exclusions(pre, calibration, settings, (kinds, excluded), speeds)
+        quantizer = _Quantizer(pre, out_path, calibration, resolved, session_for(pre), session_for)
+        attempt = quantizer.attempt(excluded)
         if settings.auto_exclude and calibration.held_x is not None:
-            attempt = _back_to_fp32(
-                pre, out_path, calibration, resolved, attempt, kinds, fp32_session, session_for
-            )
+            attempt = _back_to_fp32(quantizer, attempt, kinds)
+    return _quantize_info(model, kinds, attempt, resolved, notes)
+
+
+def _speed_exclusions(pre: Path, calibration, settings: Int8Settings, found: tuple, speeds: NodeSpeeds):
+    """``excluded`` plus the convs int8 makes slower alone, then the kinds the whole model runs faster with in
+    fp32 (``found``: node kinds, nodes excluded so far)."""
+    kinds, excluded = found
+    resolved = settings.resolved()
+    slower = slower_nodes(pre, resolved, settings.speed_batch, speeds)
+    excluded = {**excluded, **{n: r for n, r in slower.items() if n not in excluded}}
+    faster = kinds_faster_in_fp32(pre, calibration.x, resolved, excluded, kinds, settings.speed_batch)
+    return {**excluded, **faster}
+
+
+def _quantize_info(model, kinds: dict, attempt: _Attempt, resolved: dict, notes: list[str]) -> dict:
     excluded = [{"node": n, "kind": kinds.get(n, "?"), "reason": r} for n, r in attempt.excluded.items()]
     glue = fp32_glue(model, set(attempt.excluded))  # as quantize_nodes kept them; cheap to derive again
     if glue:
@@ -215,38 +281,31 @@ def quantize(
     }
 
 
-def _quantize_and_score(pre, out_path, calibration, resolved, excluded, fp32_session, session_for) -> dict:
-    quantize_nodes(pre, out_path, calibration.x, resolved, list(excluded))
-    if calibration.held_x is None:
-        return {}
-    return scores(fp32_session, session_for(out_path), calibration)
-
-
 FALLBACK_ORDER = ("first conv", "linear", "depthwise conv", "grouped conv", "pointwise conv", "dense conv")
 
 
-def _back_to_fp32(
-    pre, out_path, calibration, resolved, attempt, kinds, fp32_session, session_for
-) -> _Attempt:
+def _back_to_fp32(quantizer: _Quantizer, attempt: _Attempt, kinds: dict[str, str]) -> _Attempt:
     """Put node kinds back in fp32, in ``FALLBACK_ORDER``, while int8 loses more than ``max_drop`` and it helps."""
     best = written = attempt
     for kind in FALLBACK_ORDER:
-        if best.score.get("drop", 0.0) <= resolved["max_drop"]:
+        if best.score.get("drop", 0.0) <= quantizer.resolved["max_drop"]:
             break
         nodes = [n for n, k in kinds.items() if k == kind and n not in best.excluded]
         if not nodes:
             continue
         drop = best.score["drop"]
         reason = f"int8 lost {drop:.1%} {best.score['metric']} with this {kind} in int8"
-        trial = _Attempt({**best.excluded, **dict.fromkeys(nodes, reason)})
-        trial.score = _quantize_and_score(
-            pre, out_path, calibration, resolved, trial.excluded, fp32_session, session_for
-        )
-        written = trial
+        trial = written = quantizer.attempt({**best.excluded, **dict.fromkeys(nodes, reason)})
         if trial.score["drop"] < drop:
             for n in nodes:
                 trial.excluded[n] += f"; {trial.score['drop']:.1%} with it in fp32"
             best = trial
-    if written is not best:
-        quantize_nodes(pre, out_path, calibration.x, resolved, list(best.excluded))  # the kept attempt's file
+    if written is not best:  # the kept attempt's file
+        quantize_nodes(
+            quantizer.pre,
+            quantizer.out_path,
+            quantizer.calibration.x,
+            quantizer.resolved,
+            list(best.excluded),
+        )
     return best

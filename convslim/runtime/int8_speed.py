@@ -4,10 +4,12 @@ int8 micro-model takes more than ``SLOWER`` × its fp32 time (with both timings 
 
 Why per node and measured: int8 depthwise convs ran no faster than fp32 on an AVX2 CPU without VNNI, while dense
 convs sped up; what int8 does to each layer depends on the CPU and ORT version, so it is timed, never assumed.
-Identical convs (same attributes, weight shape and input shape) are timed once per process.
+Identical convs (same attributes, weight shape and input shape) are timed once for as long as the ``NodeSpeeds``
+passed in lives (a ``DeploySettings`` holds one for its run: the planner's rounds and the final deployment share
+it).
 
 Example:
-    >>> slower_nodes(Path("pre.onnx"), {"reduce_range": True, ...}, batch=32)
+    >>> slower_nodes(Path("pre.onnx"), {"reduce_range": True, ...}, batch=32, speeds=NodeSpeeds())
     {'node_conv2d_3': 'int8 measured 1.31x the fp32 time of this node alone (batch 32)'}
 """
 
@@ -27,10 +29,20 @@ from convslim.runtime.timing import TimingSettings, compare, time_sessions
 
 SLOWER = 1.10  # int8 must measure this much slower before a node goes back to fp32 (timings scatter)
 STEADY = 0.5  # relative IQR above which a timing is too noisy to decide on
-_MEMO: dict[str, float | None] = {}
 
 
-def slower_nodes(pre_path: Path, resolved: dict, batch: int, seconds: float = 0.3) -> dict[str, str]:
+class NodeSpeeds:
+    """int8 / fp32 time ratios of convs timed alone, keyed by what decides them (attributes, weight and input
+    shapes, batch, int8 types), so identical convs are timed once while this object lives."""
+
+    def __init__(self) -> None:
+        self.ratios: dict[str, float | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.ratios)
+
+
+def slower_nodes(pre_path: Path, resolved: dict, batch: int, speeds: NodeSpeeds, seconds: float = 0.3):
     """Conv node name → reason, for the convs whose int8 micro-model measured slower than fp32."""
     model = onnx.load(str(pre_path))
     shapes = _input_shapes(model)
@@ -39,9 +51,9 @@ def slower_nodes(pre_path: Path, resolved: dict, batch: int, seconds: float = 0.
         if node.op_type != "Conv" or node.input[0] not in shapes:
             continue
         key = _signature(node, model, shapes[node.input[0]], batch, resolved)
-        if key not in _MEMO:
-            _MEMO[key] = time_node(model, node, shapes[node.input[0]], batch, resolved, seconds)
-        ratio = _MEMO[key]
+        if key not in speeds.ratios:
+            speeds.ratios[key] = time_node(model, node, shapes[node.input[0]], batch, resolved, seconds)
+        ratio = speeds.ratios[key]
         if ratio is not None and ratio > SLOWER:
             found[node.name] = f"int8 measured {ratio:.2f}x the fp32 time of this node alone (batch {batch})"
     return found

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,13 +118,30 @@ def _quantize_static(pre_path, out_path, reader, settings: dict, exclude: list[s
     )
 
 
+class _FromOrtQuantization(logging.Filter):
+    """Drops the records onnxruntime.quantization logs on the root logger; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"onnxruntime{os.sep}quantization" not in record.pathname
+
+
 @contextlib.contextmanager
 def _quiet_root_logger():
     """onnxruntime.quantization warns on the root logger (e.g. to pre-process a micro-model that needs none);
-    keep the user's terminal for convslim's summary."""
-    level = logging.root.level
-    logging.root.setLevel(logging.ERROR)
+    keep the user's terminal for convslim's summary without touching the root logger's level: a filter drops
+    those records alone, the ``onnxruntime`` logger goes to ERROR, and a handler stands in while root has none,
+    so ``logging.warning`` does not install one (its ``basicConfig``). All is put back afterwards."""
+    root, ort_logger = logging.getLogger(), logging.getLogger("onnxruntime")
+    quiet, stand_in, ort_level = _FromOrtQuantization(), logging.NullHandler(), ort_logger.level
+    root.addFilter(quiet)
+    ort_logger.setLevel(logging.ERROR)  # its named loggers (onnxruntime.quantization.*) too
+    added = not root.handlers
+    if added:
+        root.addHandler(stand_in)
     try:
         yield
     finally:
-        logging.root.setLevel(level)
+        root.removeFilter(quiet)
+        ort_logger.setLevel(ort_level)
+        if added:
+            root.removeHandler(stand_in)

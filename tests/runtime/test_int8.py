@@ -104,7 +104,6 @@ def test_nodes_int8_makes_slower_stay_fp32(tiny_onnx, tmp_path, calibration, mon
         return 1.5 if node_kinds(model)[node.name] == "depthwise conv" else 0.7
 
     monkeypatch.setattr(int8_speed, "time_node", fake_time)
-    monkeypatch.setattr(int8_speed, "_MEMO", {})
     monkeypatch.setattr(int8_whole, "speed_ratio", lambda reference, trial, x: 1.0)  # no kind faster in fp32
     deployed = _deploy(tiny_onnx, tmp_path, calibration, auto_exclude=False, speed_check=True)
     (entry,) = deployed.info["excluded"]
@@ -131,7 +130,6 @@ def test_as_shipped_keeps_what_deploy_keeps_in_fp32(tiny_onnx, tmp_path, monkeyp
         return 1.5 if node_kinds(model)[node.name] == "depthwise conv" else 0.7
 
     monkeypatch.setattr(int8_speed, "time_node", fake_time)
-    monkeypatch.setattr(int8_speed, "_MEMO", {})
     monkeypatch.setattr(int8_whole, "speed_ratio", lambda reference, trial, x: 1.0)  # no kind faster in fp32
     target = get_target("cpu-int8").with_settings(Int8Settings(calibration_batch=2))
     fp32 = tiny_onnx.read_bytes()
@@ -160,7 +158,6 @@ def test_whole_model_keeps_a_kind_in_fp32_when_it_runs_faster(tiny_onnx, tmp_pat
     from convslim.runtime import int8_speed, int8_whole
 
     monkeypatch.setattr(int8_speed, "time_node", lambda *a: 0.7)  # alone, every conv is faster in int8
-    monkeypatch.setattr(int8_speed, "_MEMO", {})
     fake, seen = _timed_as([1.4, 1.0, 1.0, 1.0, 1.0, 1.0])
     monkeypatch.setattr(int8_whole, "speed_ratio", fake)
     deployed = _deploy(tiny_onnx, tmp_path, calibration, auto_exclude=False, speed_check=True)
@@ -176,7 +173,6 @@ def test_whole_model_faster_in_fp32_quantizes_nothing(tiny_onnx, tmp_path, calib
     from convslim.runtime import int8_speed, int8_whole
 
     monkeypatch.setattr(int8_speed, "time_node", lambda *a: 0.7)
-    monkeypatch.setattr(int8_speed, "_MEMO", {})
     fake, _ = _timed_as([1.0, 1.0, 1.0, 1.0, 1.25])
     monkeypatch.setattr(int8_whole, "speed_ratio", fake)
     deployed = _deploy(tiny_onnx, tmp_path, calibration, auto_exclude=False, speed_check=True)

@@ -12,6 +12,7 @@ import torch
 
 from convslim.errors import UsageError
 from convslim.runtime.int8 import Calibration, Int8Settings, quantize
+from convslim.runtime.int8_speed import NodeSpeeds
 from convslim.runtime.targets.base import Deployed, Target
 from convslim.runtime.targets.registry import register_target
 
@@ -23,12 +24,14 @@ class CpuInt8(Target):
     needs_calibration = True
     description = "static int8 (QDQ, per-channel weights) on ONNX Runtime's CPU execution provider"
 
-    def __init__(self, settings: Int8Settings | None = None):
+    def __init__(self, settings: Int8Settings | None = None, speeds: NodeSpeeds | None = None):
         self.settings = settings or Int8Settings()
+        self.speeds = speeds  # per-conv int8 timings kept across deployments (None: each one times its own)
 
-    def with_settings(self, settings: Int8Settings) -> CpuInt8:
-        """This target with other int8 settings (the API's ``int8=`` and the CLI's int8 flags)."""
-        return type(self)(settings)
+    def with_settings(self, settings: Int8Settings, speeds: NodeSpeeds | None = None) -> CpuInt8:
+        """This target with other int8 settings (the API's ``int8=`` and the CLI's int8 flags) and the per-conv
+        timings to share (``DeploySettings`` passes its run's)."""
+        return type(self)(settings, speeds)
 
     def deploy(self, fp32_path: Path, out_path: Path, calibration: Calibration | None = None) -> Deployed:
         if calibration is None:
@@ -36,7 +39,9 @@ class CpuInt8(Target):
                 "--runtime cpu-int8 needs calibration images: pass --data TRAIN (.npz, .pt or image folder) "
                 "or --calib-data IMAGES"
             )
-        info = quantize(Path(fp32_path), Path(out_path), calibration, self.settings, self.session)
+        info = quantize(
+            Path(fp32_path), Path(out_path), calibration, self.settings, self.session, self.speeds
+        )
         return Deployed(Path(out_path), info)
 
     def deploy_bytes(
@@ -56,7 +61,7 @@ class CpuInt8(Target):
                 settings = replace(self.settings, auto_exclude=False)
             else:
                 settings = replace(self.settings, auto_exclude=False, speed_check=False, exclude=())
-            quantize(src, dst, calibration, settings, self.session)
+            quantize(src, dst, calibration, settings, self.session, self.speeds)
             return dst.read_bytes()
 
 
