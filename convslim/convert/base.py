@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from convslim.core.plan import LayerDecision
@@ -86,6 +87,16 @@ def in_interval(low: float, high: float, closed_low: bool, closed_high: bool) ->
     return lambda v: None if lo_ok(v) and hi_ok(v) else f"in {shown}"
 
 
+def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
+    """Smallest rank T whose kept energy Σ_rows Σ_{t<T} σ_t² is at least ``energy`` of the total Σ σ² (rows:
+    one spectrum per channel or group, each sorted descending; every row keeps the same T). 1 for no values."""
+    per_rank = (singular_values**2).sum(dim=0)
+    if not per_rank.numel():
+        return 1
+    kept = per_rank.cumsum(0) / per_rank.sum().clamp_min(1e-30)
+    return int((kept < energy - 1e-12).sum().item()) + 1
+
+
 class Form:
     """Base class of a conversion form. Subclasses set ``name`` and ``options`` and implement the four
     methods."""
@@ -145,4 +156,4 @@ class Form:
         return module, decisions
 
 
-__all__ = ["ConvSite", "Cost", "Form", "dense_cost", "plain_conv2d_reason"]
+__all__ = ["ConvSite", "Cost", "Form", "dense_cost", "plain_conv2d_reason", "rank_for_energy"]

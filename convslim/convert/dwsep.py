@@ -51,6 +51,7 @@ from convslim.convert.base import (
     Option,
     in_interval,
     plain_conv2d_reason,
+    rank_for_energy,
     whole_at_least,
 )
 from convslim.convert.registry import register_form
@@ -92,14 +93,6 @@ def channel_spectra(weight: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor
     w = weight.detach().double().reshape(groups, per_group, in_per_group, kh * kw)
     mats = w.permute(0, 2, 1, 3).reshape(groups * in_per_group, per_group, kh * kw)
     return torch.linalg.svd(mats, full_matrices=False)
-
-
-def rank_for_energy(weight: torch.Tensor, energy: float, groups: int = 1) -> int:
-    """Smallest T whose kept energy Σ_c Σ_{t<T} σ_{c,t}² is at least ``energy`` of ‖W‖²."""
-    _, s, _ = channel_spectra(weight, groups)
-    per_rank = (s**2).sum(dim=0)
-    kept = per_rank.cumsum(0) / per_rank.sum().clamp_min(1e-30)
-    return int((kept < energy - 1e-12).sum().item()) + 1 if kept.numel() else 1
 
 
 def convert_dwsep(conv: nn.Conv2d, rank: int, emission: str = "sum") -> DepthwiseSeparableConv:
@@ -184,7 +177,11 @@ class DwsepForm(Form):
             if not 0 < energy <= 1:
                 raise UsageError(f"--energy must be in (0, 1], got {energy}")
             reason = plain_conv2d_reason(site.conv)
-            rank = 1 if reason else rank_for_energy(site.conv.weight, energy, site.conv.groups)
+            rank = (
+                1
+                if reason
+                else rank_for_energy(channel_spectra(site.conv.weight, site.conv.groups)[1], energy)
+            )
         else:
             rank = options.get("rank")
             rank = 1 if rank is None else rank

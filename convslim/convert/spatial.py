@@ -50,6 +50,7 @@ from convslim.convert.base import (
     Option,
     in_interval,
     plain_conv2d_reason,
+    rank_for_energy,
     whole_at_least,
     whole_or_fraction,
 )
@@ -69,14 +70,6 @@ def group_spectra(weight: torch.Tensor, groups: int) -> tuple[torch.Tensor, torc
 def full_rank(conv: nn.Conv2d) -> int:
     out_ch, in_per_group, kh, kw = conv.weight.shape
     return min(in_per_group * kh, kw * out_ch // conv.groups)
-
-
-def rank_for_energy(weight: torch.Tensor, groups: int, energy: float) -> int:
-    """Smallest r (shared by all groups) whose kept energy Σ_g Σ_{k<r} σ_{g,k}² is at least ``energy`` of ‖W‖²."""
-    _, s, _ = group_spectra(weight, groups)
-    per_rank = (s**2).sum(dim=0)
-    kept = per_rank.cumsum(0) / per_rank.sum().clamp_min(1e-30)
-    return int((kept < energy - 1e-12).sum().item()) + 1
 
 
 def _split_padding(padding) -> tuple[Any, Any]:
@@ -142,7 +135,7 @@ def resolve_rank(conv: nn.Conv2d, options: dict[str, Any]) -> int:
     if energy is not None:
         if not 0 < energy <= 1:
             raise UsageError(f"--energy must be in (0, 1], got {energy}")
-        r = rank_for_energy(conv.weight, conv.groups, energy)
+        r = rank_for_energy(group_spectra(conv.weight, conv.groups)[1], energy)
     elif rank is None:
         r = max(1, math.ceil(full / 2))  # half rank: the documented default
     elif 0 < rank < 1:

@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv_bn(cin: int, cout: int, k=3, stride=1, groups=1, dilation=1, act: type | None = nn.ReLU):
-    """Conv (no bias, 'same'-like padding) + BatchNorm + activation."""
+def conv_bn(cin: int, cout: int, k=3, stride=1, act: type | None = nn.ReLU, **conv):
+    """Conv (no bias, 'same'-like padding) + BatchNorm + activation; ``conv``: more ``nn.Conv2d`` arguments
+    (``groups``, ``dilation``)."""
+    dilation = conv.get("dilation", 1)
     pad = tuple(dilation * (d - 1) // 2 for d in ((k, k) if isinstance(k, int) else k))
-    layers = [nn.Conv2d(cin, cout, k, stride, pad, dilation, groups, bias=False), nn.BatchNorm2d(cout)]
+    layers = [nn.Conv2d(cin, cout, k, stride, pad, bias=False, **conv), nn.BatchNorm2d(cout)]
     return nn.Sequential(*layers, *([act()] if act else []))
 
 

@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -37,12 +39,22 @@ EFFB0 = {
 STEM = {"imagenet": (32, 1280, 1000), "tiny": (8, 32, 10)}  # stem width, head width, classes
 
 
+class BlockSpec(NamedTuple):
+    """An inverted residual's shape beyond its channels and stride: expansion, kernel, squeeze-excite, activation."""
+
+    expand: int
+    k: int
+    se: bool
+    act: type
+
+
 class InvertedResidual(nn.Module):
     """1x1 expand → depthwise KxK → (SE) → 1x1 project, with a residual when shapes allow (MobileNetV2/V3,
     EfficientNet's MBConv)."""
 
-    def __init__(self, cin, cout, expand, k, stride, se, act):
+    def __init__(self, cin: int, cout: int, stride: int, spec: BlockSpec):
         super().__init__()
+        expand, k, se, act = spec
         hidden = cin * expand
         self.expand = conv_bn(cin, hidden, 1, act=act) if expand != 1 else nn.Identity()
         self.depthwise = conv_bn(hidden, hidden, k, stride, groups=hidden, act=act)
@@ -66,7 +78,7 @@ class MobileNet(nn.Module):
         layers, cin = [conv_bn(3, stem, stride=2, act=act)], stem
         for t, c, n, s, k, se in blocks:
             for i in range(n):
-                layers.append(InvertedResidual(cin, c, t, k, s if i == 0 else 1, se, act))
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, BlockSpec(t, k, se, act)))
                 cin = c
         layers.append(conv_bn(cin, head, 1, act=act))
         self.features = nn.Sequential(*layers)

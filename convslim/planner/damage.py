@@ -28,6 +28,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from convslim.core import set_submodule
+from convslim.core.seeded import generator, inputs_like
 from convslim.errors import ConvslimError
 from convslim.finetune.affine import linear_heads
 from convslim.finetune.reconstruct import fit_heads
@@ -39,13 +40,7 @@ def probe_inputs(example_inputs: tuple, calibration: torch.Tensor | None = None)
     """Calibration data when given (first ``PROBE_SAMPLES``), else seeded random inputs of the example's shape."""
     if calibration is not None:
         return (calibration[:PROBE_SAMPLES],)
-    generator = torch.Generator().manual_seed(1234)
-    return tuple(
-        torch.randn((PROBE_SAMPLES, *t.shape[1:]), generator=generator, dtype=t.dtype)
-        if t.is_floating_point()
-        else t
-        for t in example_inputs
-    )
+    return inputs_like(example_inputs, PROBE_SAMPLES, generator(1234))
 
 
 def _first(out):

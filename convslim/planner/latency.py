@@ -35,6 +35,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException as OrtR
 from torch import nn
 from tqdm.auto import tqdm
 
+from convslim.core import seeded
 from convslim.core.machine import cpu_model
 from convslim.core.outputs import atomic_write_text
 from convslim.errors import ConvslimError
@@ -179,7 +180,7 @@ def measure_candidates(
     and propagates."""
     target = available_target(timing.target)
     cache = cache if cache is not None else LatencyCache()
-    generator = torch.Generator().manual_seed(0)
+    gen = seeded.generator()  # one stream over the candidates, as before the cache
     modules = dict(module.named_modules())
     for cand in tqdm(
         candidates, desc=f"measuring layers ({target.name})", disable=not timing.progress, leave=False
@@ -193,7 +194,7 @@ def measure_candidates(
         key = cache_key(site.in_shape, conv, (cand.form, cand.options), replacement, timing.batch, target)
         found = cache.get(key)
         if found is None:
-            example = torch.randn((timing.batch, *site.in_shape), generator=generator)
+            example = seeded.normal((timing.batch, *site.in_shape), gen)
             try:
                 found = time_pair(conv, replacement, example, target, timing.seconds)
             except SKIPPED_CANDIDATE as exc:

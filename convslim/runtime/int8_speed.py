@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 
 import onnx
-import torch
 from onnx.utils import Extractor
 
+from convslim.core.seeded import normal
 from convslim.runtime.quantize import quantize_nodes
 from convslim.runtime.sessions import open_session
 from convslim.runtime.timing import TimingSettings, compare, time_sessions
@@ -64,7 +64,7 @@ def time_node(
 ) -> float | None:
     """int8 / fp32 median time of ``node`` alone; None when either timing is too noisy to decide on."""
     micro = Extractor(model).extract_model([node.input[0]], [node.output[0]])
-    x = torch.randn((batch, *sample_shape), generator=torch.Generator().manual_seed(0))
+    x = normal((batch, *sample_shape))
     with tempfile.TemporaryDirectory(prefix="convslim-int8-node-") as scratch:
         fp32, int8 = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
         onnx.save(micro, str(fp32))

@@ -25,6 +25,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from convslim.core.seeded import normal
 from convslim.runtime.quantize import quantize_nodes
 from convslim.runtime.sessions import open_session
 from convslim.runtime.timing import TimingSettings, compare, time_sessions
@@ -87,4 +88,4 @@ def _batch_input(pre: Path, batch: int) -> torch.Tensor:
     """Seeded normal input for the model's first input at ``batch`` (or at its fixed batch)."""
     dims = onnx.load(str(pre), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else batch for d in dims]
-    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    return normal(shape)

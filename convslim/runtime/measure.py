@@ -44,17 +44,10 @@ def measure_speed(
     batch_sizes: Sequence[int],
     target="cpu",
     settings: TimingSettings = DEFAULT_TIMING,
-    progress: bool = False,
 ) -> dict:
     """Median latency of both models at each batch size, the speedup with its per-round spread, and the runs."""
-    timed = measure_models(
-        {"original": original_onnx, "compressed": compressed_onnx},
-        example_inputs,
-        batch_sizes,
-        target,
-        settings,
-        progress,
-    )
+    pair = {"original": original_onnx, "compressed": compressed_onnx}
+    timed = measure_models(pair, example_inputs, batch_sizes, target, settings)
     results = {}
     for batch, t in timed.items():
         entry = {

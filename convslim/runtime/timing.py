@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from convslim.core.seeded import inputs_like
 from convslim.runtime.sessions import feeds
 
 
@@ -164,8 +165,4 @@ def _block(session, fed: dict, timing: Timing, last: float, settings: TimingSett
 
 def random_inputs(example_inputs: tuple, batch: int) -> list[np.ndarray]:
     """Seeded normal inputs shaped like ``example_inputs`` with the batch dimension set to ``batch``."""
-    generator = torch.Generator().manual_seed(0)
-    return [
-        torch.randn((batch, *t.shape[1:]), generator=generator, dtype=torch.float32).numpy()
-        for t in example_inputs
-    ]
+    return [t.numpy() for t in inputs_like(example_inputs, batch, dtype=torch.float32)]

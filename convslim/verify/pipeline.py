@@ -22,6 +22,7 @@ from convslim.convert import get_form
 from convslim.core import Plan, Prepared
 from convslim.core.outputs import staged_output_dir
 from convslim.core.samples import ACTIVATION_SAMPLES
+from convslim.core.seeded import generator, inputs_like
 from convslim.report.report import Report
 from convslim.report.sections import DeploySection, ExportSection, VerifySection
 from convslim.runtime.deploy import (
@@ -49,17 +50,11 @@ def weight_errors(prepared: Prepared, plan: Plan) -> dict[str, float | None]:
 def parity_batches(example_inputs: tuple, calibration: torch.Tensor | None, fixed_batch: int | None = None):
     """Random inputs shaped like the example (batch 1 and 4), plus up to ``ACTIVATION_SAMPLES`` (64) real samples when given; a model with
     a fixed batch gets batches of exactly that size."""
-    generator = torch.Generator().manual_seed(0)
-    batches = []
-    for batch in (fixed_batch,) if fixed_batch else PARITY_BATCH_SIZES:
-        batches.append(
-            tuple(
-                torch.randn((batch, *t.shape[1:]), generator=generator, dtype=t.dtype)
-                if t.is_floating_point()
-                else t
-                for t in example_inputs
-            )
-        )
+    gen = generator()
+    batches = [
+        inputs_like(example_inputs, batch, gen)
+        for batch in ((fixed_batch,) if fixed_batch else PARITY_BATCH_SIZES)
+    ]
     if calibration is not None and (fixed_batch is None or len(calibration) >= fixed_batch):
         batches.append((calibration[: fixed_batch or ACTIVATION_SAMPLES],))
     return batches

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from convslim.core.seeded import normal
 from convslim.errors import UsageError
 from convslim.runtime.int8 import Calibration, Int8Settings, quantize
 from convslim.runtime.int8_speed import NodeSpeeds
@@ -67,7 +68,7 @@ class CpuInt8(Target):
 
 def _random_like(session) -> torch.Tensor:
     shape = [d if isinstance(d, int) else 2 for d in session.get_inputs()[0].shape]
-    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    return normal(shape)
 
 
 register_target(CpuInt8())
