@@ -3,7 +3,9 @@
     python benchmarks/bench_dwsep.py [--models resnet20,resnet32] [--ranks 1,2,3] [--seconds 3]
 
 Relative output error is ‖y_c − y_o‖ / ‖y_o‖ of the logits on 1,000 val5k images, before any fine-tuning.
-Speedups are medians of interleaved ORT runs against the BN-folded original (see convslim.verify).
+Speedups (``convslim.runtime.measure_speed``) against the BN-folded original: both sessions alternate in blocks
+of runs, a speedup is the median of the per-round ratios, with their interquartile range and the run count
+(see ``convslim.runtime.timing``).
 """
 
 from __future__ import annotations

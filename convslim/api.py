@@ -35,6 +35,7 @@ from convslim.report.report import Report
 from convslim.report.runinfo import run_record
 from convslim.report.sections import FinetuneSection, PlanSection, RewriteSection, RunSection
 from convslim.runtime.deploy import DeploySettings
+from convslim.runtime.export import ExportSettings
 
 
 @dataclass
@@ -153,24 +154,43 @@ def compress(model: nn.Module, example_inputs, to: str = "dwsep", *, plan: Plan 
     deploy = _checked_deploy(opts)
     start = time.perf_counter()
     prepared = prepare(model, example_inputs, opts.calibration)
-    if opts.checks.verify or opts.output.out_dir is not None:
-        _check_exportable(prepared)  # a model torch.export cannot take fails here, before rewriting
-    plan = plan if plan is not None else _plan_for(prepared, to, opts, deploy)
-    if not plan.rewritten:
-        raise UsageError(nothing_rewritten(plan))
-    notes = list(prepared.traced.notes)
-    compressed, plan = rewrite(prepared, plan, notes=notes)  # from here on, the plan as built
-    settings = {"to": to, "tolerance": opts.checks.tolerance, "batch_sizes": list(opts.checks.batch_sizes)}
-    settings.update(
-        exclude=list(opts.exclude), measure_speed=opts.checks.measure_speed, verify=opts.checks.verify
-    )
+    with tempfile.TemporaryDirectory(prefix="convslim-") as scratch:
+        original = _export_original(
+            prepared, Path(scratch), deploy, opts.checks.verify or _plans(to, opts, plan)
+        )
+        plan = plan if plan is not None else _plan_for(prepared, to, opts, (deploy, original))
+        if not plan.rewritten:
+            raise UsageError(nothing_rewritten(plan))
+        notes = list(prepared.traced.notes)
+        compressed, plan = rewrite(prepared, plan, notes=notes)  # from here on, the plan as built
+        record = run_record(prepared.example_inputs, opts.record, _compress_settings(to, opts))
+        stages = _Stages.start(prepared, plan, notes, record, start)
+        stages = replace(stages, scratch=Path(scratch), original=original)
+        return _tune_and_export(stages, compressed, opts.finetune, replace(opts, deploy=deploy))
+
+
+def _plans(to: str, opts: CompressOptions, plan: Plan | None) -> bool:
+    """Whether this run writes outputs or plans on a budget: either exports the original."""
+    return opts.output.out_dir is not None or (plan is None and wants_budgeted(to, opts.budget.limits()))
+
+
+def _export_original(prepared: Prepared, scratch: Path, deploy: DeploySettings, needed: bool):
+    """The original exported once for the whole run (the planner times its bytes, the pipeline ships them); a
+    model torch.export cannot take fails here, before rewriting. None when nothing will need it."""
+    from convslim.verify.pipeline import export_original
+
+    return export_original(prepared, scratch, deploy) if needed else None
+
+
+def _compress_settings(to: str, opts: CompressOptions) -> dict:
+    """The report's ``run.compress_options``: every setting of this compress in force."""
+    checks = opts.checks
+    settings = {"to": to, "tolerance": checks.tolerance, "batch_sizes": list(checks.batch_sizes)}
+    settings.update(exclude=list(opts.exclude), measure_speed=checks.measure_speed, verify=checks.verify)
     settings.update(plan_batch=opts.budget.plan_batch, finetune=opts.finetune is not None)
     settings["calibration_samples"] = None if opts.calibration is None else len(opts.calibration)
     settings.update({k: v for k, v in opts.budget.limits().items() if v is not None})
-    stages = _Stages.start(
-        prepared, plan, notes, run_record(prepared.example_inputs, opts.record, settings), start
-    )
-    return _tune_and_export(stages, compressed, opts.finetune, replace(opts, deploy=deploy))
+    return settings
 
 
 def _checked_deploy(opts: CompressOptions, inputs: Sequence[str | Path] = ()) -> DeploySettings:
@@ -183,16 +203,13 @@ def _checked_deploy(opts: CompressOptions, inputs: Sequence[str | Path] = ()) ->
     return deploy
 
 
-def _check_exportable(prepared: Prepared) -> None:
-    from convslim.runtime.export import export_program
-
-    export_program(prepared.traced.module, prepared.example_inputs)
-
-
-def _plan_for(prepared: Prepared, to: str, opts: CompressOptions, deploy: DeploySettings) -> Plan:
-    """The budgeted plan (``to="auto"``, several forms, or a budget given), else the uniform one."""
+def _plan_for(prepared: Prepared, to: str, opts: CompressOptions, deployment: tuple) -> Plan:
+    """The budgeted plan (``to="auto"``, several forms, or a budget given), else the uniform one.
+    ``deployment``: the settings and the original as exported (its bytes are timed when exported alike)."""
     if not wants_budgeted(to, opts.budget.limits()):
         return _uniform_plan(prepared, to, opts.exclude, opts.form_options)
+    deploy, original = deployment
+    alike = original is not None and deploy.export == ExportSettings(opset=deploy.export.opset)
     return _plan_on_rank0(
         prepared,
         to=to,
@@ -202,6 +219,7 @@ def _plan_for(prepared: Prepared, to: str, opts: CompressOptions, deploy: Deploy
         progress=opts.progress,
         target=deploy.target(),
         opset=deploy.export.opset,
+        original_onnx=original.path.read_bytes() if alike else None,
         **opts.budget.limits(),
     )
 
@@ -213,6 +231,8 @@ class _Stages:
     prepared: Prepared
     plan: Plan
     sections: dict
+    scratch: Path | None = None  # the run's scratch folder, when it has one already
+    original: object = None  # the original exported there (``runtime.export.Exported``)
 
     @classmethod
     def start(cls, prepared: Prepared, plan: Plan, notes: list[str], record: dict, start: float) -> _Stages:
@@ -247,24 +267,24 @@ def _tune_and_export(
         sections["finetune"] = FinetuneSection(payload, time.perf_counter() - t0)
     if not ((opts.checks.verify or opts.output.out_dir is not None) and parallel.is_main()):
         return CompressionResult(compressed, Report(**sections), plan, prepared)
-    report = _export_verify_write(prepared, compressed, plan, sections, opts)
+    report = _export_verify_write(replace(stages, sections=sections), compressed, opts)
     return CompressionResult(compressed, report, plan, prepared)
 
 
-def _export_verify_write(prepared, compressed, plan, sections: dict, opts: CompressOptions) -> Report:
+def _export_verify_write(stages: _Stages, compressed: nn.Module, opts: CompressOptions) -> Report:
     from convslim.verify.pipeline import VerifySettings, export_and_verify, output_names, write_outputs
 
-    checks = opts.checks
+    checks, sections = opts.checks, dict(stages.sections)
     batch_sizes = checks.batch_sizes if checks.measure_speed else ()
     settings = VerifySettings(batch_sizes, checks.tolerance, opts.calibration, opts.progress, opts.deploy)
-    with tempfile.TemporaryDirectory(prefix="convslim-") as scratch:
-        verified = export_and_verify(prepared, compressed, Path(scratch), settings)
-        sections.update(export=verified.export, verify=verified.verify, deploy=verified.deploy)
-        if opts.output.out_dir is None:
-            return Report(**sections)
-        out_dir = Path(opts.output.out_dir)
-        report = Report(**sections, outputs={name: str(out_dir / name) for name in output_names(verified)})
-        write_outputs(report, verified, compressed, plan, opts.output)
+    settings = replace(settings, original=stages.original)
+    verified = export_and_verify(stages.prepared, compressed, stages.scratch, settings)
+    sections.update(export=verified.export, verify=verified.verify, deploy=verified.deploy)
+    if opts.output.out_dir is None:
+        return Report(**sections)
+    out_dir = Path(opts.output.out_dir)
+    report = Report(**sections, outputs={name: str(out_dir / name) for name in output_names(verified)})
+    write_outputs(report, verified, compressed, stages.plan, opts.output)
     return report
 
 
@@ -311,7 +331,9 @@ def finetune_output(source: str | Path, model: nn.Module, example_inputs, finetu
     }
     run.update(measure_speed=checks.measure_speed, verify=checks.verify, finetune=True)
     stages = _Stages.start(prepared, saved_plan, notes, run_record(prepared.example_inputs, None, run), start)
-    return _tune_and_export(stages, compressed, finetune, replace(opts, deploy=deploy))
+    with tempfile.TemporaryDirectory(prefix="convslim-") as scratch:
+        stages = replace(stages, scratch=Path(scratch))
+        return _tune_and_export(stages, compressed, finetune, replace(opts, deploy=deploy))
 
 
 def nothing_rewritten(plan: Plan) -> str:

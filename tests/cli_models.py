@@ -91,3 +91,18 @@ def save_small(folder: Path) -> Path:
     path = folder / "small.pt"
     torch.save(Small().state_dict(), path)
     return path
+
+
+def fails_cleanly(capsys, argv: list[str], out: Path, message: str, usage_line: bool = False) -> str:
+    """The CLI refuses ``argv`` the way users should see it: exit 2, ``message`` in one clean line on stderr
+    (after argparse's usage line when ``usage_line``), no traceback, nothing written to ``out``."""
+    from convslim.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == (2 if usage_line else 1), err
+    assert not out.exists()
+    return err

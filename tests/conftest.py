@@ -36,3 +36,19 @@ def resnet32_path() -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def fake_timer(request, monkeypatch):
+    """Model timings computed from the graph instead of measured (``tests/fake_timer.py``), for every test but
+    those marked ``timing``: planning on a budget, sweeping and auto-planning assert their outcome whatever the
+    machine's load, and nothing waits on a stopwatch. Real timings: ``pytest -m timing`` and benchmarks/."""
+    if request.node.get_closest_marker("timing"):
+        yield None
+        return
+    from convslim.runtime import timing
+    from tests.fake_timer import FakeClock
+
+    clock = FakeClock()
+    monkeypatch.setattr(timing, "CLOCK", clock)
+    yield clock

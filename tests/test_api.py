@@ -11,6 +11,7 @@ import convslim
 from convslim.core import Plan
 from convslim.errors import PlanError
 from convslim.models import resnet20
+from tests.cli_models import Small
 
 
 @pytest.fixture
@@ -99,3 +100,42 @@ def test_option_groups_and_plain_keywords_mean_the_same(model, tmp_path):
         convslim.compress(model, torch.randn(1, 3, 32, 32), verify=False, checks=Checks(verify=False))
     result = convslim.compress(model, torch.randn(1, 3, 32, 32), rank=1, checks=Checks(verify=False))
     assert result.report.parity == {} and len(result.plan.rewritten) > 0
+
+
+def test_the_original_is_exported_once_per_run(tmp_path, monkeypatch):
+    """The planner times the bytes the pipeline ships: one export of the original for a budgeted compress under
+    cpu-int8 (it was three, four under cpu-int8), and a confirmed round is exported once."""
+    import convslim.runtime.export as export
+    from convslim.convert.dwsep import DepthwiseSeparableConv
+    from convslim.runtime.deploy import DeploySettings
+    from convslim.runtime.int8 import Calibration, Int8Settings
+
+    exported = []
+    real = export.export_program
+
+    def counting(model, *args, **kwargs):
+        rewritten = any(isinstance(m, DepthwiseSeparableConv) for m in model.modules())
+        exported.append("rewritten" if rewritten else "original")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(export, "export_program", counting)
+    monkeypatch.setenv("CONVSLIM_CACHE_DIR", str(tmp_path / "cache"))
+    int8 = Int8Settings(speed_check=False, auto_exclude=False, calibration_batch=8)
+    deploy = DeploySettings(
+        runtime="cpu-int8", calibration=Calibration(torch.randn(16, 3, 16, 16)), int8=int8
+    )
+    result = convslim.compress(
+        Small(width=32).eval(),
+        torch.randn(1, 3, 16, 16),
+        to="dwsep",
+        target_speedup=3.0,  # int8 alone already gives the fake timer's 2x
+        plan_batch=4,
+        out_dir=tmp_path / "out",
+        measure_speed=False,
+        deploy=deploy,
+    )
+    rounds = result.plan.planning["rounds"]
+    assert rounds and exported.count("original") == 1
+    # per-layer micro-models aside (another exporter), each round's model once, even when measured twice to
+    # confirm it, then model.onnx
+    assert exported.count("rewritten") == len(rounds) + 1

@@ -9,6 +9,7 @@ import torch
 
 from convslim.cli import main
 from convslim.models import resnet20
+from tests.cli_models import fails_cleanly
 
 ARCH = ["--arch", "convslim.models:resnet20", "--input-shape", "1,3,32,32"]
 
@@ -21,18 +22,9 @@ def state_dict_file(tmp_path):
     return path
 
 
-def _fails_cleanly(capsys, argv, out_dir, message):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2
-    assert message in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) <= 2  # usage line at most, then one error line
-    assert not out_dir.exists()
-
-
 def test_missing_file(tmp_path, capsys):
     out = tmp_path / "out"
-    _fails_cleanly(
+    fails_cleanly(
         capsys, ["compress", str(tmp_path / "nope.pt"), *ARCH, "--out", str(out)], out, "no such file"
     )
 
@@ -40,14 +32,14 @@ def test_missing_file(tmp_path, capsys):
 def test_truncated_file(tmp_path, capsys, state_dict_file):
     state_dict_file.write_bytes(state_dict_file.read_bytes()[:3000])
     out = tmp_path / "out"
-    _fails_cleanly(capsys, ["compress", str(state_dict_file), *ARCH, "--out", str(out)], out, "corrupt")
+    fails_cleanly(capsys, ["compress", str(state_dict_file), *ARCH, "--out", str(out)], out, "corrupt")
 
 
 def test_torchscript_archive(tmp_path, capsys):
     path = tmp_path / "ts.pt"
     torch.jit.script(resnet20().eval()).save(str(path))
     out = tmp_path / "out"
-    _fails_cleanly(
+    fails_cleanly(
         capsys, ["compress", str(path), "--input-shape", "1,3,32,32", "--out", str(out)], out, "TorchScript"
     )
 
@@ -56,7 +48,7 @@ def test_pickle_without_trust(tmp_path, capsys):
     path = tmp_path / "whole.pt"
     torch.save(resnet20(), path)
     out = tmp_path / "out"
-    _fails_cleanly(
+    fails_cleanly(
         capsys,
         ["compress", str(path), "--input-shape", "1,3,32,32", "--out", str(out)],
         out,
@@ -77,12 +69,12 @@ def test_wrong_input_shape(tmp_path, capsys, state_dict_file, shape):
         "--out",
         str(out),
     ]
-    _fails_cleanly(capsys, argv, out, "--input-shape")
+    fails_cleanly(capsys, argv, out, "--input-shape")
 
 
 def test_unknown_form(tmp_path, capsys, state_dict_file):
     out = tmp_path / "out"
-    _fails_cleanly(
+    fails_cleanly(
         capsys,
         ["compress", str(state_dict_file), *ARCH, "--to", "magic", "--out", str(out)],
         out,

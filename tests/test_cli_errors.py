@@ -13,23 +13,12 @@ import torch
 import convslim
 from convslim.cli import main
 from convslim.errors import UsageError
-from tests.cli_models import Small, arch, save_small
+from tests.cli_models import Small, arch, fails_cleanly, save_small
 
 
 @pytest.fixture
 def weights(tmp_path) -> Path:
     return save_small(tmp_path)
-
-
-def fails_cleanly(capsys, argv: list[str], out: Path, message: str) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert message in err, err
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    assert not out.exists()
-    return err
 
 
 def compress_argv(model: Path, out: Path, *extra: str) -> list[str]:

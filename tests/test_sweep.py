@@ -62,12 +62,16 @@ def _argv(files: dict[str, Path], out: Path, targets: str = ",".join(TARGETS)) -
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    """One real sweep (the planner timing each candidate briefly), shared by the tests below."""
+    """One real sweep on the fake timer (module-scoped, so set here: ``tests/fake_timer.py``), shared by the tests
+    below."""
     import convslim.planner as planner
+    from convslim.runtime import timing
+    from tests.fake_timer import FakeClock
 
     folder = tmp_path_factory.mktemp("sweep")
     files = _files(folder)
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(timing, "CLOCK", FakeClock())
         mp.setenv("CONVSLIM_CACHE_DIR", str(folder / "cache"))
         mp.setattr(planner, "plan_to_budget", functools.partial(planner.plan_to_budget, seconds=0.02))
         code = main(_argv(files, folder / "out"))
@@ -78,30 +82,25 @@ def test_each_target_is_a_compress_point_in_the_table(swept):
     summary = json.loads((swept.out / "sweep.json").read_text())
     points = summary["points"]
     assert [p["target"] for p in points] == [float(t) for t in TARGETS]
-    ok = [p for p in points if p["status"] == "ok"]
-    # on a busy machine the planner may measure nothing faster: that point is refused, recorded and skipped
-    assert all(
-        p["status"] == "failed" and "nothing was rewritten" in p["reason"] for p in points if p not in ok
-    )
-    assert swept.code == (0 if ok else 2)
-    for p in ok:
+    assert [p["status"] for p in points] == ["ok"] and swept.code == 0
+    for p in points:
         report = json.loads((Path(p["folder"]) / "report.json").read_text())
         assert report["run"]["compress_options"]["to"] == "auto"
         assert report["run"]["compress_options"]["target_speedup"] == p["target"]
         assert Path(p["folder"]).name == f"speedup-{p['target']:g}"
         assert p["speedups"].keys() == {"4"} and p["macs_fraction"] < 1 and p["metric"] == "top1"
         assert 0 <= p["accuracy"] <= 1 and p["minutes"] > 0
-    if ok:
-        original, int8 = summary["references"]  # "just quantize": the original in int8, scored and timed
-        assert original["name"] == "original" and original["speedup"] == 1.0
-        assert int8["name"] == "original int8" and int8["speedup"] > 0 and int8["batch"] == 4
-        assert 0 <= int8["accuracy"] <= 1 and int8["fp32_accuracy"] == original["accuracy"]
-        assert (
-            f"original int8: {int8['accuracy']:.2%} top1 at {int8['speedup']:.2f}x"
-            in (swept.out / "sweep.md").read_text()
-        )
+        assert p["speedups"]["4"] >= 1.0  # the planner's measurement reached the target
+    original, int8 = summary["references"]  # "just quantize": the original in int8, scored and timed
+    assert original["name"] == "original" and original["speedup"] == 1.0
+    assert int8["name"] == "original int8" and int8["speedup"] > 0 and int8["batch"] == 4
+    assert 0 <= int8["accuracy"] <= 1 and int8["fp32_accuracy"] == original["accuracy"]
+    assert (
+        f"original int8: {int8['accuracy']:.2%} top1 at {int8['speedup']:.2f}x"
+        in (swept.out / "sweep.md").read_text()
+    )
     table = (swept.out / "sweep.md").read_text()
-    assert "| target | speedup @ batch 4 | top1 | MACs | minutes | status |" in table or not ok
+    assert "| target | speedup @ batch 4 | top1 | MACs | minutes | status |" in table
     assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| 1.")] == ["1.5x"]
 
 
@@ -113,10 +112,8 @@ def test_the_plot_is_written_and_embedded(swept):
 
 def _canned(swept) -> SimpleNamespace:
     """A finished point's result (from the real sweep's report.json), for a stand-in ``compress``."""
-    folders = sorted(swept.out.glob("speedup-*"))
-    if not folders:
-        pytest.skip("the real sweep produced no point on this machine (planner measured nothing faster)")
-    return SimpleNamespace(report=Report.from_dict(json.loads((folders[0] / "report.json").read_text())))
+    (folder,) = sorted(swept.out.glob("speedup-*"))
+    return SimpleNamespace(report=Report.from_dict(json.loads((folder / "report.json").read_text())))
 
 
 def test_a_failing_point_is_recorded_and_the_sweep_goes_on(swept, tmp_path, monkeypatch, capsys):

@@ -112,7 +112,9 @@ def _original_times(prepared: Prepared, request: PlanRequest, calibration) -> _O
     module, example = prepared.traced.module, prepared.example_inputs
     seconds = max(5 * request.seconds, 0.1)  # the whole model is timed longer than one layer
     target, batch = request.target, request.batch
-    original_onnx = export_bytes(module, example, ExportSettings(opset=request.opset))
+    original_onnx = request.original_onnx or export_bytes(
+        module, example, ExportSettings(opset=request.opset)
+    )
     reference_s = time_model(original_onnx, example, batch, target, seconds=seconds)
     if target.precision == "fp32":
         return _Original(original_onnx, reference_s, reference_s)
@@ -243,19 +245,23 @@ def _close_the_loop(loop: _Loop, goal: SpeedGoal, table: dict, build: _PlanBuild
     """Search on whole-model measurements (see closed_loop); returns the winner and the rounds, each round with
     its speedup's spread and runs and the SHA-256 of the planned model it timed (the bytes the user receives)."""
     details: list[dict] = []
+    built: dict[str, bytes] = {}  # a round measured twice (confirmed) is exported and deployed once
 
     def select_at(multiplier: float):
         chosen = select(table, need=goal.need * multiplier)
         return (chosen, *build(chosen))
 
     def measure(layers) -> float:
+        key = repr([(d.name, d.form, d.setting) for d in layers])
         timed, _, planned = measure_plan_speedup(
             loop.prepared.traced.module,
             Plan(form="budget", options={}, layers=layers),
             loop.prepared.example_inputs,
             loop.timing(),
             original_model=loop.original_onnx,
+            planned_model=built.get(key),
         )
+        built[key] = planned
         details.append({k: timed[k] for k in ("speedup_iqr", "runs")} | {"onnx_sha256": _sha(planned)})
         return timed["speedup"]
 

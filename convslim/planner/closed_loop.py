@@ -76,15 +76,16 @@ def measure_plan_speedup(
     example_inputs: tuple,
     timing: WholeModelTiming,
     original_model: bytes | None = None,
+    planned_model: bytes | None = None,
 ) -> tuple[dict, bytes, bytes]:
     """Whole-model speedup of ``plan`` applied to ``module``, deployed for the target, against the fp32 original
     (``runtime.timing.compare``: median of per-round ratios, per-round spread, runs) and the two models timed
-    (original, planned)."""
+    (original, planned). Models already exported (and deployed) are passed in and not made again."""
     target = available_target(timing.target)
     original_model = original_model or export_bytes(
         module, example_inputs, ExportSettings(opset=timing.opset)
     )
-    planned = deployed_bytes(
+    planned = planned_model or deployed_bytes(
         apply_plan(module, plan), example_inputs, target, timing.calibration, timing.opset
     )
     sessions = {"original": target.session(original_model), "candidate": target.session(planned)}

@@ -67,6 +67,7 @@ class PlanRequest:
     grid: dict | None = None
     progress: bool = False
     opset: int | None = None
+    original_onnx: bytes | None = None  # the original as the pipeline exported it (at ``opset``): not again
 
     @classmethod
     def of(cls, prepared: Prepared, to: str | Sequence[str], options: dict[str, Any]) -> PlanRequest:

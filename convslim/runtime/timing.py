@@ -112,52 +112,63 @@ def compare(reference: Timing, candidate: Timing) -> dict:
     }
 
 
+class Clock:
+    """What ``time_sessions`` reads the time from and runs a session with: the real ones. ``CLOCK`` is the one in
+    use; tests of code that plans on timings put a fake in its place (``tests/conftest.py``'s ``fake_timer``: a
+    model's run "takes" a time computed from its graph), so their outcome does not depend on the machine's load."""
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def run(self, session, fed: dict) -> None:
+        session.run(None, fed)
+
+
+CLOCK = Clock()
+
+
 def time_sessions(
     sessions: dict, inputs: list, settings: TimingSettings = DEFAULT_TIMING
 ) -> dict[str, Timing]:
     """Time every session in alternating blocks (see the module docstring); returns one Timing per name."""
+    clock = CLOCK
     names = list(sessions)
     fed = {n: feeds(sessions[n], inputs) for n in names}
     for name in names:  # warm-up: first runs pay for allocation and kernel selection
         for _ in range(settings.warmup):
-            sessions[name].run(None, fed[name])
+            clock.run(sessions[name], fed[name])
     timings = {name: Timing() for name in names}
     last = dict.fromkeys(names, 0.0)
-    start = time.perf_counter()
+    start = clock.now()
     rounds = 0
-    while _more(timings, rounds, start, settings):
+    while _more(timings, rounds, clock.now() - start, settings):
         for name in names if rounds % 2 == 0 else names[::-1]:
-            last[name] = _block(sessions[name], fed[name], timings[name], last[name], settings)
+            last[name] = _block(clock, (sessions[name], fed[name]), timings[name], last[name], settings)
         rounds += 1
     return timings
 
 
-def _more(timings: dict[str, Timing], rounds: int, start: float, settings: TimingSettings) -> bool:
+def _more(timings: dict[str, Timing], rounds: int, elapsed: float, settings: TimingSettings) -> bool:
     fewest = min(t.runs for t in timings.values())
     if fewest >= settings.max_runs:
         return False
-    return (
-        fewest < settings.min_runs
-        or rounds < settings.min_rounds
-        or time.perf_counter() - start < settings.seconds
-    )
+    return fewest < settings.min_runs or rounds < settings.min_rounds or elapsed < settings.seconds
 
 
-def _block(session, fed: dict, timing: Timing, last: float, settings: TimingSettings) -> float:
-    """One block of runs of one session; returns the last run's time."""
+def _block(clock: Clock, fed_session: tuple, timing: Timing, last: float, settings: TimingSettings) -> float:
+    """One block of runs of one session (``fed_session``: the session and its feeds); returns the last run's
+    time."""
+    session, fed = fed_session
     if last < settings.block:
-        session.run(None, fed)
+        clock.run(session, fed)
     block: list[float] = []
-    block_start = time.perf_counter()
+    block_start = clock.now()
     while True:
-        t0 = time.perf_counter()
-        session.run(None, fed)
-        last = time.perf_counter() - t0
+        t0 = clock.now()
+        clock.run(session, fed)
+        last = clock.now() - t0
         block.append(last)
-        if (
-            time.perf_counter() - block_start >= settings.block
-            or timing.runs + len(block) >= settings.max_runs
-        ):
+        if clock.now() - block_start >= settings.block or timing.runs + len(block) >= settings.max_runs:
             break
     timing.blocks.append(block)
     return last

@@ -34,7 +34,7 @@ from convslim.runtime.deploy import (
     recommendation,
     speed_table,
 )
-from convslim.runtime.export import export_model, file_sha256, fixed_input_shape, op_counts
+from convslim.runtime.export import Exported, export_model, file_sha256, fixed_input_shape, op_counts
 from convslim.runtime.measure import measure_speed
 from convslim.runtime.targets import get_target
 from convslim.verify.parity import DEFAULT_RTOL, compare_models, judge_with_floor, onnx_parity
@@ -70,6 +70,7 @@ class VerifySettings:
     calibration: torch.Tensor | None = None
     progress: bool = False
     deploy: DeploySettings = field(default_factory=DeploySettings)
+    original: Exported | None = None  # original.onnx already exported into the scratch folder (compress does)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def export_and_verify(
 ) -> Verified:
     """Export both models into ``scratch``, check them, deploy them for the target and time them."""
     t0 = time.perf_counter()
-    export, programs = _export_pair(prepared, compressed, scratch, settings.deploy)
+    export, programs = _export_pair(prepared, compressed, scratch, settings)
     export = replace(export, seconds=time.perf_counter() - t0)
     t0 = time.perf_counter()
     verify = _verify(prepared, compressed, scratch, programs, export.fixed_batch, settings)
@@ -127,12 +128,12 @@ def _closeness(prepared: Prepared, compressed: nn.Module, batches: list, fixed_b
     return closeness
 
 
-def _export_pair(prepared, compressed, scratch, deploy: DeploySettings) -> tuple[ExportSection, tuple]:
-    """model.onnx and original.onnx, same exporter and settings; returns the section and the (original,
-    compressed) torch.export programs."""
-    example = prepared.example_inputs
+def _export_pair(prepared, compressed, scratch, settings: VerifySettings) -> tuple[ExportSection, tuple]:
+    """model.onnx and original.onnx (unless exported already), same exporter and settings; returns the section
+    and the (original, compressed) torch.export programs."""
+    example, deploy = prepared.example_inputs, settings.deploy
     exported = export_model(compressed, example, scratch / FILES["compressed_fp32"], deploy.export)
-    original = export_model(prepared.traced.module, example, scratch / FILES["original_fp32"], deploy.export)
+    original = settings.original or export_original(prepared, scratch, deploy)
     notes = [n for n in (exported.note(), original.note()) if n]
     onnx_model = onnx.load(str(exported.path))
     ops = op_counts(onnx_model)
@@ -144,6 +145,13 @@ def _export_pair(prepared, compressed, scratch, deploy: DeploySettings) -> tuple
     dynamic = exported.dynamic_batch and original.dynamic_batch
     fixed_batch = None if dynamic else int(fixed_input_shape(onnx_model)[0])
     return ExportSection(ops, fixed_batch, tuple(notes)), (original.program, exported.program)
+
+
+def export_original(prepared: Prepared, scratch: Path, deploy: DeploySettings) -> Exported:
+    """The BN-folded original as ``original.onnx`` in ``scratch``, exported as the deployment asks: once per
+    run (``compress`` does it first, which also finds a model torch.export cannot take before any work)."""
+    path = scratch / FILES["original_fp32"]
+    return export_model(prepared.traced.module, prepared.example_inputs, path, deploy.export)
 
 
 def _deploy(models: dict, int8_info: dict, example, fixed_batch, settings: VerifySettings) -> DeploySection:

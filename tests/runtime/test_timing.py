@@ -39,6 +39,8 @@ class FakeSession:
 @pytest.fixture
 def clock(monkeypatch):
     fake = Clock()
+    # the real Clock class (the suite's fake timer aside), reading the virtual time below
+    monkeypatch.setattr(timing, "CLOCK", timing.Clock())
     monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=fake.perf_counter))
     return fake
 

@@ -1,10 +1,9 @@
 """``--to auto`` on the zoo's hard cases (an efficient net, grouped convs, the trace fallback, two outputs), with
-tiny timing settings: the plan is made, applied, exported and passes parity; every layer is timed or has a reason,
-and when nothing measures faster the plan says so and keeps the model."""
+tiny timing settings on the fake timer (tests/fake_timer.py): the plan is made, reaches its budget, is applied,
+exported and passes parity; every layer is timed or has a reason, and when nothing measures faster the plan says
+so and keeps the model."""
 
 from __future__ import annotations
-
-import re
 
 import pytest
 import torch
@@ -41,11 +40,7 @@ def test_auto_plan_exports_with_parity(name, budget, tmp_path):
     timed = {row["layer"] for row in plan.planning["layer_timings"]}
     assert timed and all(row["original_ms"] > 0 for row in plan.planning["layer_timings"])
     assert {d.name for d in plan.rewritten} <= timed
-    if plan.planning["verdict"]:  # timing-dependent: on a busy machine nothing may measure faster
-        assert not plan.rewritten
-        with pytest.raises(UsageError, match="nothing was rewritten: " + re.escape(plan.planning["verdict"])):
-            convslim.compress(model, x, plan=plan, measure_speed=False)
-        return
+    assert plan.rewritten and plan.planning["verdict"] is None and plan.planning["reached"]  # fake timer
     result = convslim.compress(model, x, plan=plan, measure_speed=False)
     assert result.report.passed, result.report.parity
 
