@@ -91,7 +91,22 @@ def ablation_setting(text: str) -> tuple[str, object]:
     """'lr=4e-3' -> ('lr', 0.004), typed like the FinetuneSettings field's default."""
     key, _, value = text.partition("=")
     default = getattr(FinetuneSettings(), key)
+    if isinstance(default, bool):
+        return key, value.lower() in ("1", "true", "yes", "on")
     return key, value if isinstance(default, str) else type(default or 0.0)(float(value))
+
+
+def run_profile(args, settings: dict) -> None:
+    """``--profile``: where one stage-2 step's time goes on the plan, against plain training (see
+    ``finetune_profile``)."""
+    from finetune_profile import profile
+
+    xt, yt = cifar_arrays("train10k")
+    xv, yv = cifar_arrays("val5k")
+    plan = Plan.from_json(Path(args.plan).read_text(), args.plan)
+    s = FinetuneSettings(**{k: v for k, v in settings.items() if k != "measure_speed"})
+    result = profile(cifar_model(args.model), plan, ArrayData(xt, yt), ArrayData(xv, yv), s, args.rounds)
+    print(json.dumps(result, indent=1))
 
 
 def main() -> None:
@@ -111,9 +126,15 @@ def main() -> None:
         help="a FinetuneSettings field for the ablation, e.g. --set lr=4e-3 --set optimizer=sgd",
     )
     parser.add_argument("--no-speed", action="store_true", help="skip the ORT speed measurement")
+    parser.add_argument("--profile", action="store_true", help="profile one stage-2 step on --plan instead")
+    parser.add_argument("--rounds", type=int, default=3, help="--profile: alternating rounds of timing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = dict(ablation_setting(text) for text in args.set)
+    if args.profile:
+        if not args.plan:
+            parser.error("--profile needs --plan")
+        return run_profile(args, settings)
     if args.no_speed:
         settings["measure_speed"] = False
     plan = Plan.from_json(Path(args.plan).read_text(), args.plan) if args.plan else None

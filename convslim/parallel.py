@@ -142,6 +142,15 @@ def agree(stop, budget=None) -> None:
         budget.shared_elapsed = float(both[1])
 
 
+def gather_objects(value) -> list:
+    """Every rank's ``value``, in rank order, on every rank (``[value]`` alone)."""
+    if not active():
+        return [value]
+    out = [None] * world()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def broadcast_object(value):
     """Rank 0's ``value`` on every rank."""
     if not active():

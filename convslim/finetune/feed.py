@@ -3,9 +3,6 @@
 A source is an ``ArrayData`` (batched and shuffled here) or any iterable / DataLoader yielding input tensors
 or ``(input, label)`` pairs (re-iterated each epoch; a one-shot iterator is read into memory first).
 
-Augmentation (``crop-flip``, for image batches N×C×H×W with H, W ≥ 16): zero-pad by 4 and crop back at a random
-offset per sample, and flip left-right with probability ½ (the CIFAR recipe; matters with ~10k images).
-
 Metric: top-1 accuracy against labels when the data has them and the output is N×K logits, else agreement with
 the teacher (top-1 agreement for N×K outputs, 1 − relative L2 error otherwise). Under torchrun each rank scores
 its slice of every batch and the counts are summed, so every rank gets the same score.
@@ -86,48 +83,19 @@ def _split(item) -> Batch:
     )
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding + horizontal flip, per sample; other inputs pass through."""
-    if x.dim() != 4 or min(x.shape[-2:]) < 16:
-        return x
-    n, _, h, w = x.shape
-    padded = nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None]).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * pad)
-    out = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None]).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
-    out = out.gather(3, cols)
-    flip = torch.rand(n, generator=generator) < 0.5
-    return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
-
-
-def mixup(x: torch.Tensor, generator: torch.Generator, alpha: float) -> torch.Tensor:
-    """Function matching's input (Beyer et al. 2022): each sample blended with another of the batch,
-    ``λ·x + (1−λ)·x[perm]`` with one λ ~ Beta(α, α) per sample. Teacher and student see the same mixed image,
-    and the teacher's output on it is the target, so no label is needed (the caller drops them)."""
-    if alpha <= 0 or len(x) < 2:
-        return x
-    beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
-    # Beta.sample has no generator argument: draw its seed from ours so runs stay reproducible
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        lam = beta.sample((len(x),))
-    perm = torch.randperm(len(x), generator=generator)
-    lam = lam.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-    return lam * x + (1 - lam) * x[perm]
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, teacher: nn.Module | None, source, device, batch_size: int = 500) -> float:
     """Top-1 against labels, or agreement with ``teacher`` (see module docstring). Model left in eval mode."""
     model.eval()
+    channels_last = _channels_last(model)
     hits, total, err, ref = 0.0, 0, 0.0, 0.0
     for x, y in epoch(source, batch_size, None, shuffle=False):
         x, y = parallel.shard(x, y)
         if not len(x):
             continue
         x = x.to(device)
+        if channels_last and x.dim() == 4:  # the weights' layout: a mixed-layout conv takes a slow path
+            x = x.contiguous(memory_format=torch.channels_last)
         out = model(x)
         if y is not None and out.dim() == 2:
             hits += float((out.argmax(1) == y.to(device)).sum())
@@ -143,3 +111,8 @@ def evaluate(model: nn.Module, teacher: nn.Module | None, source, device, batch_
     if ref > 0:
         return 1.0 - (err / ref) ** 0.5
     return hits / max(total, 1)
+
+
+def _channels_last(model: nn.Module) -> bool:
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last)

@@ -29,14 +29,17 @@ from torch import nn
 
 from convslim import parallel
 from convslim.core import Plan, Prepared
-from convslim.errors import UsageError
 from convslim.finetune.affine import unwrap_all, wrap_all
+from convslim.finetune.batches import layout, training_batches
 from convslim.finetune.distill import feature_phase, kd_phase
-from convslim.finetune.feed import augment, endless, evaluate, mixup, take
-from convslim.finetune.reconstruct import recalibrate_batchnorm, reconstruct
+from convslim.finetune.feed import evaluate, take
+from convslim.finetune.loop import Phase
+from convslim.finetune.reconstruct import RefitSettings, recalibrate_batchnorm, reconstruct
+from convslim.finetune.replay import TeacherLog
 from convslim.finetune.settings import DEFAULT_STEPS, FinetuneSettings
 from convslim.finetune.stopping import StopFlag, TrainBudget, interruptible
-from convslim.inputs.data import ArrayData
+
+RISING_GAIN = 0.001  # a validation gain above 0.1 pt over phase B's last check counts as still rising
 
 
 @dataclass
@@ -81,7 +84,7 @@ def run(prepared: Prepared, compressed: nn.Module, plan: Plan, train, val, s: Fi
     if s.channels_last:
         teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
     names = [d.name for d in plan.rewritten]
-    calib = [(_layout(x, s), y) for x, y in take(train, s.calibration_samples, 128, gen)]
+    calib = [(layout(x, s), y) for x, y in take(train, s.calibration_samples, 128, gen)]
     score = _scorer(teacher, val, device)
     accuracy = {"metric": _metric_name(val), "original": score(teacher), "compressed": score(student)}
     report = {"settings": _settings(s), "interrupted": False, "ranks": parallel.world()}
@@ -91,7 +94,8 @@ def run(prepared: Prepared, compressed: nn.Module, plan: Plan, train, val, s: Fi
     with interruptible() as stop:
         budget = TrainBudget(None, s.minutes * 60 if s.minutes else None)
         stage = Stage(teacher, student, names, train, calib, s, budget, stop, gen, device, score)
-        rows, heads = reconstruct(teacher, student, names, calib, device, s.progress, stop, s.reconstruct)
+        how = RefitSettings(device, s.progress, stop, s.reconstruct, s.depthwise_rounds)
+        rows, heads = reconstruct(teacher, student, names, calib, how)
         report["batchnorm_recalibrated"] = recalibrate_batchnorm(student, calib, device)
         report["stage1"] = {"layers": rows, "seconds": round(time.perf_counter() - start, 1)}
         if not s.reconstruct:
@@ -117,13 +121,15 @@ def run(prepared: Prepared, compressed: nn.Module, plan: Plan, train, val, s: Fi
         report["progress"] = _progress(len(rows) if s.reconstruct else None, len(names), report, s)
     report["accuracy"] = accuracy
     report["wall_time_s"] = round(time.perf_counter() - start, 1)
+    report["saturation"] = saturation(report.get("stage2_distill") or {})
     report["summary"] = _summary(accuracy, report)
     return student.to(home, memory_format=torch.contiguous_format).eval(), report
 
 
 def _stage2(stage: Stage, heads: dict[str, list[nn.Conv2d] | None]) -> Stage2Result:
     """Phase A (block-wise features) then phase B (end-to-end KD), with a BatchNorm after each layer in
-    ``heads`` that can fold one (see ``affine``); the student is trained in place, left wrapped."""
+    ``heads`` that can fold one (see ``affine``); the student is trained in place, left wrapped. Phase B
+    replays phase A's views with the teacher's logged outputs where it can (``replay``)."""
     s, student = stage.settings, stage.student
     steps = s.steps if s.steps or s.minutes else DEFAULT_STEPS
     parallel.agree(stage.stop, stage.budget)  # split the time left on rank 0's clock
@@ -132,37 +138,27 @@ def _stage2(stage: Stage, heads: dict[str, list[nn.Conv2d] | None]) -> Stage2Res
     left = stage.seconds_left()
     left = max(left, 0.0) if left is not None else None
     wrapped = wrap_all(student, heads, stage.calib, stage.device) if s.train_bn else []
-    batches = _batches(stage.train, s, stage.gen, stage.device)
+    live = training_batches(stage.train, s, stage.gen, stage.device)
     frac = s.feature_fraction
     phase_a = TrainBudget(round(steps * frac) if steps else None, left * frac if left is not None else None)
-    args = (stage.teacher, student, stage.names, batches, s)
-    blocks = feature_phase(*args, phase_a, stage.stop, s.progress) if frac > 0 else {}
+    log = TeacherLog.for_run(stage.train, s)
+    blocks = {}
+    if frac > 0:
+        params = [p for n in stage.names for p in student.get_submodule(n).parameters() if p.requires_grad]
+        phase = Phase(student, params, s, phase_a, stage.stop, "stage 2a: blocks", s.progress)
+        blocks = feature_phase(stage.teacher, phase, stage.names, live, log)
     parallel.agree(stage.stop, stage.budget)
     left = stage.seconds_left()
     phase_b = TrainBudget(steps - phase_a.done if steps else None, max(left, 1.0) if left else None)
-    summary, best = kd_phase(*args, phase_b, stage.stop, stage.score, s.progress)
+    params = [p for p in student.parameters() if p.requires_grad]
+    phase = Phase(student, params, s, phase_b, stage.stop, "stage 2b: distill", s.progress)
+    replayed = log.replay(
+        torch.Generator().manual_seed(s.seed * 1000 + 2), stage.device
+    )  # alike on all ranks
+    summary, best = kd_phase(stage.teacher, phase, stage.names, replayed or live, stage.score)
+    summary["teacher"] = f"replayed ({log.views} views of phase A)" if replayed else f"live ({log.why_not})"
     report = {"stage2_blocks": blocks, "stage2_distill": summary, "wrapped_with_batchnorm": len(wrapped)}
     return Stage2Result(best if summary["best_score"] is not None else None, wrapped, report)
-
-
-def _batches(train, s, gen, device):
-    """Endless training batches: under torchrun ``gen`` orders the global batches alike on every rank, each
-    rank keeps its slice and augments it with its own generator."""
-    own = torch.Generator().manual_seed(s.seed * 1000 + 1 + parallel.rank())
-    for x, y in endless(train, s.batch_size, gen):
-        if len(x) < parallel.world():  # a last batch too small to give every rank a sample
-            if isinstance(train, ArrayData) and len(train) < parallel.world():
-                raise UsageError(f"fine-tuning data has fewer samples than the {parallel.world()} ranks")
-            continue
-        x, y = parallel.shard(x, y)
-        x = augment(x, own) if s.augment else x
-        if s.mixup > 0:  # the mixed image has no single label: the teacher's output is the target
-            x, y = mixup(x, own, s.mixup), None
-        yield _layout(x.to(device), s), (None if y is None else y.to(device))
-
-
-def _layout(x: torch.Tensor, s: FinetuneSettings) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if s.channels_last and x.dim() == 4 else x
 
 
 def _scorer(teacher, val, device):
@@ -203,6 +199,20 @@ def _progress(refit: int | None, layers: int, report: dict, s: FinetuneSettings)
     return f"{first}; stage 2: {of}"
 
 
+def saturation(distill: dict) -> dict | None:
+    """How far from saturation phase B stopped: the validation score's gain between its last two checks (the
+    last ``evals``-th of the phase); None without two checks. ``rising`` says a longer fine-tune would likely
+    gain more (the gain is above ``RISING_GAIN``)."""
+    history = distill.get("validations") or []
+    if len(history) >= 2:
+        last, before = history[-1], history[-2]
+        share = (last["step"] - before["step"]) / max(last["step"], 1)
+        gain = last["score"] - before["score"]
+        return {"measure": "validation", "last_gain": round(gain, 5), "over": round(share, 3),
+                "rising": gain > RISING_GAIN}  # fmt: skip
+    return None
+
+
 def _summary(accuracy: dict, report: dict) -> dict:
     out = {}
     if accuracy["metric"]:
@@ -212,6 +222,12 @@ def _summary(accuracy: dict, report: dict) -> dict:
     if report.get("kept") == "stage1":
         out["kept"] = "stage-1 weights (stage 2 scored lower)"
     out["time"] = f"{report['wall_time_s']:.0f} s"
+    sat = report.get("saturation")
+    if sat:
+        trend = "still rising: more minutes would likely help" if sat["rising"] else "flat"
+        out["last gain"] = (
+            f"{sat['last_gain'] * 100:+.2f} pt over the last {sat['over']:.0%} of phase B ({trend})"
+        )
     if report["interrupted"]:
         out["INTERRUPTED"] = f"by {report['stopped_by']} at {report['progress']}, best weights so far kept"
     return out

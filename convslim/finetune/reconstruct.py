@@ -9,19 +9,22 @@ and R_l is fitted so that R_l(X_S) ≈ Y: using the student's own inputs makes e
 earlier layers left instead of compounding it. When R_l ends in summed linear 1x1 heads (``linear_heads``), the
 heads solve the ridge least squares  min_W ‖F W − Y‖² + λ‖W‖²  over all pixels, with F the heads' inputs
 (plus a ones column for the bias), via the normal equations accumulated in float64 — the pointwise part of
-dwsep given its depthwise part. Otherwise, a few Adam steps on the relative MSE. A fit that does not lower the
-error is undone. Each layer's relative error ‖R_l(X_S) − Y‖/‖Y‖ is reported before and after.
+dwsep given its depthwise part. When those heads read plain depthwise convs of the layer's input (dwsep), the
+depthwise filters are then solved given the heads and the heads again, ``DEPTHWISE_ROUNDS`` times
+(``depthwise_fit``). Otherwise, a few Adam steps on the relative MSE. A fit that does not lower the error is
+undone. Each layer's relative error ‖R_l(X_S) − Y‖/‖Y‖ is reported before and after.
 
 Under torchrun each rank takes its slice of every calibration batch; FᵀF, FᵀY, the error sums and the gradient
-steps' gradients are summed over ranks, so every rank gets the result one process gets on all the batches.
+steps' gradients (and the depthwise fit's normal equations) are summed over ranks, so every rank gets the result one process gets on all the batches.
 
 Example:
-    >>> rows, heads = reconstruct(teacher, student, ["layer1.0.conv1", ...], batches, "cpu")
+    >>> rows, heads = reconstruct(teacher, student, ["layer1.0.conv1", ...], batches, RefitSettings("cpu"))
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,8 +32,12 @@ from tqdm.auto import tqdm
 
 from convslim import parallel
 from convslim.finetune.affine import linear_heads, output_conv
+from convslim.finetune.depthwise_fit import depthwise_feeds, fit_depthwise
+from convslim.finetune.stopping import StopFlag
 
 GRADIENT_STEPS = 60
+DEPTHWISE_ROUNDS = 2
+DEPTHWISE_BATCHES = 2  # calibration batches (of 128) the depthwise filters are fitted on: 256 images
 
 
 class _Stop(Exception):
@@ -58,41 +65,63 @@ def capture_input(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
     return seen[0]
 
 
-def reconstruct(teacher, student, names, batches, device, progress=False, stop=None, refit=True):
+@dataclass
+class RefitSettings:
+    """How stage 1 runs: on ``device``; ``refit=False`` only finds the heads (weights fine-tuned already keep
+    theirs); ``depthwise_rounds`` alternations of depthwise filters and heads (``depthwise_fit``; 0: heads only)."""
+
+    device: torch.device | str = "cpu"
+    progress: bool = False
+    stop: StopFlag | None = None
+    refit: bool = True
+    depthwise_rounds: int = DEPTHWISE_ROUNDS
+
+
+def reconstruct(teacher, student, names, batches, how: RefitSettings | None = None):
     """Refit every layer in ``names`` in order (see module docstring); returns (report rows, convs by name that
     a BatchNorm after the layer could fold into: its linear heads, else ``affine.output_conv``). ``batches``
-    are global: under torchrun each rank uses its slice. ``refit=False`` only finds the heads (weights that
-    were fine-tuned already keep them)."""
+    are global: under torchrun each rank uses its slice."""
+    how = how or RefitSettings()
     teacher.eval()
     student.eval()
     rows, heads_by_name = [], {}
-    show = progress and parallel.is_main()
+    show = how.progress and parallel.is_main()
     for name in tqdm(names, desc="stage 1: reconstruct", disable=not show, leave=False):
-        if stop is not None:
-            parallel.agree(stop)
-            if stop.requested:
+        if how.stop is not None:
+            parallel.agree(how.stop)
+            if how.stop.requested:
                 break
         module = student.get_submodule(name)
         # the same probe on every rank, so every rank finds the same heads
-        probe = capture_input(student, name, batches[0][0][:4].to(device))
+        probe = capture_input(student, name, batches[0][0][:4].to(how.device))
         heads = linear_heads(module, probe)
         heads_by_name[name] = heads or output_conv(module, probe)
-        if not refit:
-            continue
-        pairs = _layer_pairs(teacher, student, name, batches, device)
-        before = relative_error(module, pairs)
-        saved = copy.deepcopy(module.state_dict())
-        method = "least-squares" if heads else "gradient"
-        if heads:
-            fit_heads(module, heads, pairs)
-        else:
-            fit_gradient(module, pairs)
-        after = relative_error(module, pairs)
-        if not after < before:  # the fit made it worse (ill-conditioned or too few steps): keep the old one
-            module.load_state_dict(saved)
-            method, after = method + " (undone)", before
-        rows.append({"layer": name, "method": method, "error_before": before, "error_after": after})
+        if how.refit:
+            pairs = _layer_pairs(teacher, student, name, batches, how.device)
+            feeds = depthwise_feeds(module, heads, probe) if heads and how.depthwise_rounds else None
+            rows.append({"layer": name, **_refit(module, heads, feeds, pairs, how.depthwise_rounds)})
     return rows, heads_by_name
+
+
+def _refit(module: nn.Module, heads, feeds, pairs, rounds: int) -> dict:
+    """Fit one layer: heads by least squares (alternating with its depthwise filters when ``feeds``), else
+    gradient steps; a fit that does not lower the error is undone."""
+    before = relative_error(module, pairs)
+    saved = copy.deepcopy(module.state_dict())
+    if not heads:
+        method = "gradient"
+        fit_gradient(module, pairs)
+    else:
+        method = "least-squares" if feeds is None else f"least-squares, depthwise alternating x{rounds}"
+        fit_heads(module, heads, pairs)
+        for _ in range(rounds if feeds is not None else 0):
+            fit_depthwise(heads, feeds, pairs[:DEPTHWISE_BATCHES])
+            fit_heads(module, heads, pairs)
+    after = relative_error(module, pairs)
+    if not after < before:  # the fit made it worse (ill-conditioned or too few steps): keep the old one
+        module.load_state_dict(saved)
+        method, after = method + " (undone)", before
+    return {"method": method, "error_before": before, "error_after": after}
 
 
 def _layer_pairs(teacher, student, name, batches, device):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from convslim.errors import UsageError
 
 DEFAULT_STEPS = 1000
+SCHEDULES = ("cosine", "onecycle")
 
 
 @dataclass
@@ -20,7 +21,8 @@ class FinetuneSettings:
     )
     minutes: float | None = None  # wall-time budget for the whole fine-tune
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 1e-3  # the peak learning rate of each phase's schedule
+    schedule: str = "cosine"  # or "onecycle" (warm-up, then cosine; see ``loop``)
     optimizer: str = "adamw"  # or "sgd"
     weight_decay: float = 0.0
     temperature: float = 4.0
@@ -31,8 +33,10 @@ class FinetuneSettings:
     augment: bool = True
     mixup: float = 0.0  # Beta(α, α) mixing of inputs; > 0 trains on the teacher's outputs alone (no labels)
     train_bn: bool = True
+    replay_teacher: bool = True  # phase B reuses the teacher's outputs on phase A's views (``replay``)
     # stage 1; off when the weights were fine-tuned already (``FinetuneHook.resuming``)
     reconstruct: bool = True
+    depthwise_rounds: int = 2  # stage 1: alternations of depthwise filters and heads (0: heads only)
     sync_batchnorm: str = "auto"  # under torchrun: "on", "off", or "auto" (sync under 32 samples per rank)
     evals: int = 4
     seed: int = 0
@@ -47,10 +51,14 @@ class FinetuneSettings:
             raise UsageError(f"--finetune-minutes must be > 0, got {self.minutes}")
         if self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
             raise UsageError("--batch-size, --lr and --temperature must be positive")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise UsageError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.sync_batchnorm not in ("auto", "on", "off"):
             raise UsageError(f"--sync-batchnorm must be auto, on or off, got {self.sync_batchnorm!r}")
+        if self.depthwise_rounds < 0:
+            raise UsageError(f"depthwise_rounds must be ≥ 0, got {self.depthwise_rounds}")
         if self.mixup < 0:
             raise UsageError(f"--mixup must be ≥ 0 (0: off), got {self.mixup}")
         if not 0 <= self.feature_fraction < 1:

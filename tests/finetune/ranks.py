@@ -81,7 +81,7 @@ def stage1(folder: Path, tag: str) -> None:
     for to, options in (("dwsep", {"rank": 1}), ("spatial", {"rank": 4})):
         prepared, p, student = _compressed(to, **options)
         names = [d.name for d in p.rewritten]
-        rows, _ = reconstruct(prepared.traced.module, student, names, calibration, "cpu")
+        rows, _ = reconstruct(prepared.traced.module, student, names, calibration)
         out[to] = {"state": student.state_dict(), "rows": rows}
     torch.save(out, folder / f"stage1-{tag}.pt")
 

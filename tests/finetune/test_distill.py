@@ -8,9 +8,11 @@ import torch.nn.functional as F
 
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings, finetune
+from convslim.finetune.batches import Batch, training_batches
 from convslim.finetune.distill import blocks_of, kd_phase
-from convslim.finetune.feed import augment, mixup
+from convslim.finetune.loop import Phase
 from convslim.finetune.stopping import StopFlag, TrainBudget
+from convslim.finetune.views import augment, mixup
 
 
 def _kd_loss(student, teacher, x, temperature=4.0):
@@ -35,8 +37,10 @@ def test_kd_phase_lowers_kd_loss(tiny_compressed, tiny_data):
             param.add_(0.1 * torch.randn_like(param))  # a damaged start, as after a coarse rewrite
     before = _kd_loss(student, teacher, tiny_data.x)
     settings = FinetuneSettings(lr=3e-3, evals=1)
-    batches = iter(lambda: (tiny_data.x[:48], tiny_data.y[:48]), None)
-    summary, _ = kd_phase(teacher, student, names, batches, settings, TrainBudget(40, None), StopFlag())
+    batches = iter(lambda: Batch(tiny_data.x[:48], tiny_data.y[:48]), None)
+    params = [q for q in student.parameters() if q.requires_grad]
+    phase = Phase(student, params, settings, TrainBudget(40, None), StopFlag(), "distill")
+    summary, _ = kd_phase(teacher, phase, names, batches)
     assert summary["steps"] == 40
     assert _kd_loss(student, teacher, tiny_data.x) < 0.7 * before
 
@@ -77,14 +81,13 @@ def test_mixup_blends_pairs_of_samples_of_the_batch():
 
 
 def test_mixup_batches_carry_no_labels_so_the_teacher_is_the_target(tiny_data):
-    from convslim.finetune.recipe import _batches
-
     s = FinetuneSettings(batch_size=16, mixup=0.4, augment=False, channels_last=False)
-    x, y = next(_batches(tiny_data, s, torch.Generator().manual_seed(0), torch.device("cpu")))
-    assert y is None and x.shape == (16, 3, 16, 16)
+    mixed = next(training_batches(tiny_data, s, torch.Generator().manual_seed(0), torch.device("cpu")))
+    assert mixed.y is None and mixed.index is None and mixed.x.shape == (16, 3, 16, 16)
     plain = FinetuneSettings(batch_size=16, augment=False, channels_last=False)
-    x0, y0 = next(_batches(tiny_data, plain, torch.Generator().manual_seed(0), torch.device("cpu")))
-    assert y0 is not None and not torch.equal(x, x0)  # same batch order, mixed images
+    batch = next(training_batches(tiny_data, plain, torch.Generator().manual_seed(0), torch.device("cpu")))
+    assert batch.y is not None and not torch.equal(mixed.x, batch.x)  # same batch order, mixed images
+    assert torch.equal(batch.x, tiny_data.x[batch.index])  # the view is rebuilt from its index
 
 
 def test_finetune_with_mixup_recovers_a_damaged_model(tiny_compressed, tiny_data):

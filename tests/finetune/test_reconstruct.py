@@ -15,10 +15,10 @@ def test_dwsep_layers_refit_by_least_squares(tiny_compressed, tiny_data):
     prepared, p, student = tiny_compressed
     names = [d.name for d in p.rewritten]
     assert len(names) == 3
-    rows, heads = reconstruct(prepared.traced.module, student, names, list(tiny_data.batches(32)), "cpu")
+    rows, heads = reconstruct(prepared.traced.module, student, names, list(tiny_data.batches(32)))
     assert [r["layer"] for r in rows] == names
     for i, row in enumerate(rows):
-        assert row["method"] == "least-squares"
+        assert row["method"].startswith("least-squares")
         assert row["error_after"] < row["error_before"], row
         # past the first layer the student's inputs differ from the teacher's, and refitting corrects that
         assert i == 0 or row["error_after"] < 0.9 * row["error_before"], row
@@ -42,7 +42,7 @@ def test_hand_made_replacement_takes_gradient_steps(tiny, tiny_data):
     student = copy.deepcopy(tiny).eval()
     student.block[0] = HandMade(8, 16)
     assert linear_heads(student.block[0], torch.randn(2, 8, 4, 4)) is None
-    rows, heads = reconstruct(teacher, student, ["block.0"], list(tiny_data.batches(32)), "cpu")
+    rows, heads = reconstruct(teacher, student, ["block.0"], list(tiny_data.batches(32)))
     assert rows[0]["method"] == "gradient"
     assert rows[0]["error_after"] < rows[0]["error_before"]
     assert heads["block.0"] == [student.block[0].spatial]  # no heads to solve for, but a BN folds into it
@@ -51,7 +51,7 @@ def test_hand_made_replacement_takes_gradient_steps(tiny, tiny_data):
 def test_batchnorm_wrapper_folds_back_exactly(tiny_compressed, tiny_data):
     prepared, p, student = tiny_compressed
     names = [d.name for d in p.rewritten]
-    _, heads = reconstruct(prepared.traced.module, student, names, list(tiny_data.batches(32)), "cpu")
+    _, heads = reconstruct(prepared.traced.module, student, names, list(tiny_data.batches(32)))
     x = tiny_data.x[:8]
     before = student(x)
     wrapped = wrap_all(student, heads, list(tiny_data.batches(32)), "cpu")

@@ -1,0 +1,125 @@
+"""Where stage 2's time goes (``bench_finetune.py --profile``): one step broken into its parts, images per second
+of phase A, phase B and the whole stage, and plain supervised training of the *original* model on the same
+machine with the same batch, layout and augmentation, timed in alternating blocks in one run.
+
+Parts of a step (medians over the instrumented steps): feeding (batch, augmentation, layout), the teacher's
+forward, the student's forward, loss + backward, the optimiser; validation is the time of one pass over the
+validation images. Phases are timed with the library's own loops (``distill.feature_phase`` / ``kd_phase``),
+phase B with the teacher replayed (its default after phase A) and live. "stage 2" weighs the two phases as the
+recipe's time budget does (``feature_fraction`` of the time in phase A).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from convslim.api import prepare, rewrite
+from convslim.finetune.affine import wrap_all
+from convslim.finetune.batches import layout, training_batches
+from convslim.finetune.distill import feature_phase, kd_phase
+from convslim.finetune.feed import evaluate, take
+from convslim.finetune.loop import Phase, make_optimizer
+from convslim.finetune.losses import kd_loss
+from convslim.finetune.reconstruct import RefitSettings, reconstruct
+from convslim.finetune.replay import TeacherLog
+from convslim.finetune.settings import FinetuneSettings
+from convslim.finetune.stopping import StopFlag, TrainBudget
+
+
+def _models(model, plan, train, s: FinetuneSettings):
+    """(teacher, student wrapped for training, rewritten layer names) as ``recipe.run`` builds them."""
+    prepared = prepare(model, (train.x[:1],))
+    compressed, plan = rewrite(prepared, plan)
+    cl = torch.channels_last
+    teacher = copy.deepcopy(prepared.traced.module).eval().to(memory_format=cl)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = copy.deepcopy(compressed).to(memory_format=cl)
+    names = [d.name for d in plan.rewritten]
+    gen = torch.Generator().manual_seed(0)
+    calib = [(layout(x, s), y) for x, y in take(train, 512, 128, gen)]
+    _, heads = reconstruct(teacher, student, names, calib, RefitSettings(refit=False))
+    wrap_all(student, heads, calib, "cpu")
+    return teacher, student, names
+
+
+def _parts(teacher, student, batches, s: FinetuneSettings, steps: int) -> dict:
+    """Median milliseconds of each part of an end-to-end step with the teacher run live."""
+    optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], s)
+    times: dict[str, list[float]] = {k: [] for k in ("feed", "teacher", "student forward", "loss+backward")}
+    times["optimizer"] = []
+    for i in range(steps + 3):
+        t = [time.perf_counter()]
+        batch = next(batches)
+        t.append(time.perf_counter())
+        with torch.no_grad():
+            target = teacher(batch.x)
+        t.append(time.perf_counter())
+        student.train()
+        out = student(batch.x)
+        t.append(time.perf_counter())
+        optimizer.zero_grad(set_to_none=True)
+        kd_loss(out, target, batch.y, s.temperature, s.ce_weight).backward()
+        t.append(time.perf_counter())
+        optimizer.step()
+        t.append(time.perf_counter())
+        if i >= 3:  # warm-up steps left out
+            for key, a, b in zip(times, t, t[1:], strict=False):
+                times[key].append((b - a) * 1e3)
+    return {k: round(statistics.median(v), 1) for k, v in times.items()}
+
+
+def _plain_block(model, optimizer, batches, steps: int) -> float:
+    """Seconds for ``steps`` steps of supervised training of the original (its BatchNorms training)."""
+    model.train()
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(batch.x), batch.y).backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def _phase_block(run, student, s: FinetuneSettings, steps: int) -> float:
+    params = [p for p in student.parameters() if p.requires_grad]
+    phase = Phase(student, params, s, TrainBudget(steps, None), StopFlag(), "profile")
+    start = time.perf_counter()
+    run(phase)
+    return time.perf_counter() - start
+
+
+def profile(model, plan, train, val, s: FinetuneSettings, rounds: int = 3, steps: int = 12) -> dict:
+    """The measurements of the module docstring, as one dict (milliseconds per step, images per second)."""
+    teacher, student, names = _models(model, plan, train, s)
+    live = training_batches(train, s, torch.Generator().manual_seed(0), "cpu")
+    out = {"parts_ms": _parts(teacher, student, live, s, steps)}
+    original = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    plain_opt = make_optimizer(list(original.parameters()), s)
+    log = TeacherLog.for_run(train, s)
+    runs = {
+        "phase A": lambda ph: feature_phase(teacher, ph, names, live, log),
+        "phase B (teacher live)": lambda ph: kd_phase(teacher, ph, names, live),
+        "phase B (teacher replayed)": lambda ph: kd_phase(teacher, ph, names, replay),
+    }
+    seconds: dict[str, list[float]] = {k: [] for k in [*runs, "plain training of the original"]}
+    for _ in range(rounds):  # alternating blocks, so a drift of the machine hits every row alike
+        for key, run in runs.items():
+            if key == "phase B (teacher replayed)":
+                replay = log.replay(torch.Generator().manual_seed(1), "cpu")
+            seconds[key].append(_phase_block(run, student, s, steps))
+        seconds["plain training of the original"].append(_plain_block(original, plain_opt, live, steps))
+    rate = {k: round(steps * s.batch_size / statistics.median(v), 1) for k, v in seconds.items()}
+    frac = s.feature_fraction
+    rate["stage 2"] = round(frac * rate["phase A"] + (1 - frac) * rate["phase B (teacher replayed)"], 1)
+    rate["stage 2 / plain training"] = round(rate["stage 2"] / rate["plain training of the original"], 3)
+    out["images_per_s"] = rate
+    start = time.perf_counter()
+    evaluate(student, teacher, val, "cpu")
+    out["validation_s"] = round(time.perf_counter() - start, 2)
+    return out
