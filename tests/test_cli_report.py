@@ -176,12 +176,10 @@ def test_ctrl_c_during_fine_tuning_exits_130_and_says_how_far(
 
     real = recipe.reconstruct
 
-    def interrupted_after_one_layer(
-        teacher, student, names, batches, device, progress=False, stop=None, refit=True
-    ):
-        rows, heads = real(teacher, student, names[:1], batches, device, progress, stop, refit)
+    def interrupted_after_one_layer(teacher, student, names, batches, how):
+        rows, heads = real(teacher, student, names[:1], batches, how)
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while stage 1 runs: the rest of it is skipped
-        more, more_heads = real(teacher, student, names[1:], batches, device, progress, stop, refit)
+        more, more_heads = real(teacher, student, names[1:], batches, how)
         return rows + more, {**heads, **more_heads}
 
     monkeypatch.setattr(recipe, "reconstruct", interrupted_after_one_layer)
