@@ -23,13 +23,14 @@ import torch
 from torch import nn
 
 from convslim.convert import get_form
-from convslim.core import ConvSite, Plan, Prepared
+from convslim.core import Plan, Prepared
 from convslim.core.outputs import check_output_dir
-from convslim.errors import PlanError, UsageError
+from convslim.errors import UsageError
 from convslim.options import CompressOptions
 from convslim.passes.apply_plan import Rewritten
 from convslim.passes.apply_plan import rewrite as rewrite_plan
 from convslim.passes.prepare import prepare
+from convslim.planner.fit import fit_plan
 from convslim.planner.uniform import make_plan
 from convslim.report.report import Report
 from convslim.report.runinfo import run_record
@@ -109,26 +110,12 @@ def rewrite(
     """Like ``apply``, and also the plan as built: a new plan with what graph-level work fixed (e.g. octave's
     channel sets), the one to save or report. ``plan`` itself is left unchanged."""
     prepared = model if isinstance(model, Prepared) else prepare(model, example_inputs)
-    check_plan_fits(plan, prepared.sites)
-    return rewrite_plan(prepared.traced.module, plan, notes=notes)
+    return rewrite_plan(prepared.traced.module, fit_plan(plan, prepared), notes=notes)
 
 
-def check_plan_fits(plan: Plan, sites: list[ConvSite]) -> None:
-    by_name = {s.name: s for s in sites}
-    for decision in plan.rewritten:
-        site = by_name.get(decision.name)
-        if site is None:
-            raise PlanError(
-                f"plan layer {decision.name!r} is not a conv of this model; make the plan on this model"
-            )
-        if list(site.in_shape) != decision.in_shape:
-            raise PlanError(
-                f"plan layer {decision.name}: planned for input {decision.in_shape}, the model gives "
-                f"{list(site.in_shape)}; plan again with this --input-shape"
-            )
-
-
-def compress(model: nn.Module, example_inputs, to: str = "dwsep", *, plan: Plan | None = None, **options):
+def compress(
+    model: nn.Module, example_inputs, to: str = "dwsep", *, plan: Plan | str | Path | None = None, **options
+):
     """Rewrite ``model``'s convs into form ``to``; with ``verify`` export to ONNX and check it with ORT.
 
     ``options`` (gathered into ``convslim.options.CompressOptions``) go to the form (``rank``, ``energy``, ...),
@@ -147,13 +134,21 @@ def compress(model: nn.Module, example_inputs, to: str = "dwsep", *, plan: Plan 
     Under torchrun every rank calls it (the fine-tune is shared); only rank 0 plans on timings, exports,
     verifies and writes. ``record`` adds facts to the report's ``run`` section (the CLI puts its command line there).
 
+    ``plan`` (a ``Plan`` or a plan file's path) is untrusted: it must list exactly this model's convs, each
+    setting passes its form's option checks, and every cost is recomputed from the model (``planner.fit``).
+
     Checked before any work: ``out_dir`` (writable; empty unless ``overwrite``), the weights (finite), the runtime
-    target, and that the model can be exported at all; a plan that rewrites nothing is refused (``UsageError``).
+    target, the plan, and that the model can be exported at all; a plan that rewrites nothing is refused
+    (``UsageError``).
     """
     opts = CompressOptions.of(options)
     deploy = _checked_deploy(opts)
+    given, source = (
+        (plan, "the plan") if plan is None or isinstance(plan, Plan) else (Plan.read(plan), str(plan))
+    )
     start = time.perf_counter()
     prepared = prepare(model, example_inputs, opts.calibration)
+    plan = None if given is None else fit_plan(given, prepared, source)
     with tempfile.TemporaryDirectory(prefix="convslim-") as scratch:
         original = _export_original(
             prepared, Path(scratch), deploy, opts.checks.verify or _plans(to, opts, plan)
@@ -379,22 +374,25 @@ def _was_finetuned(out_dir: str | Path) -> bool:
     if not path.is_file():
         return False
     try:
-        return bool(json.loads(path.read_text()).get("finetune"))
-    except json.JSONDecodeError as exc:
+        return bool(json.loads(path.read_bytes().decode("utf-8")).get("finetune"))
+    except ValueError as exc:  # not UTF-8, or not JSON
         raise UsageError(
             f"{path}: not valid JSON ({exc}); give a folder written by convslim compress"
         ) from None
 
 
 def _load_output(prepared: Prepared, out_dir: str | Path) -> tuple[Plan, nn.Module]:
-    """The plan and compressed model saved in ``out_dir`` (weights loaded without unpickling code)."""
+    """The plan and compressed model saved in ``out_dir`` (weights loaded without unpickling code); the plan is
+    checked against the model (``planner.fit``) and the weights against the model it builds."""
+    from convslim.inputs.loading import load_tensors
+
     out_dir = Path(out_dir)
     for name in ("plan.json", "compressed_state_dict.pt"):
         if not (out_dir / name).is_file():
             raise UsageError(f"{out_dir}: no {name}; give a folder written by convslim compress")
-    saved_plan = Plan.from_json((out_dir / "plan.json").read_text(), str(out_dir / "plan.json"))
+    saved_plan = fit_plan(Plan.read(out_dir / "plan.json"), prepared, str(out_dir / "plan.json"))
     compressed = apply(prepared, saved_plan)
-    state = torch.load(out_dir / "compressed_state_dict.pt", map_location="cpu", weights_only=True)
+    state = load_tensors(out_dir / "compressed_state_dict.pt")
     try:
         compressed.load_state_dict(state)
     except RuntimeError as exc:

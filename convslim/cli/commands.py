@@ -94,11 +94,10 @@ def _compress(args: argparse.Namespace) -> int:
         )
     batch_sizes = parse_batch_sizes(args.batch_sizes)
     no_ignored_form_options(args)
-    plan = None
     if args.plan:
         if not Path(args.plan).is_file():
             raise UsageError(f"--plan {args.plan}: no such file")
-        plan = Plan.from_json(Path(args.plan).read_text(), args.plan)
+        Plan.read(args.plan)  # its structure now, before any work; compress checks it against the model
     model, inputs = load_model_and_inputs(args)
     sets = data_sets(args, model, inputs)
     hook, calibration = finetune_inputs(args, model, inputs, sets)
@@ -107,7 +106,7 @@ def _compress(args: argparse.Namespace) -> int:
         model,
         inputs,
         to=args.to,
-        plan=plan,
+        plan=args.plan,
         out_dir=args.out,
         overwrite=args.overwrite,
         measure_speed=not args.no_speed,
@@ -209,10 +208,7 @@ def _compress_exit(report) -> int:
         )
         return 128 + getattr(signal, stopped, signal.SIGINT)
     if not report.passed:
-        print(
-            "convslim: verification FAILED: ONNX output differs from PyTorch beyond --tolerance",
-            file=sys.stderr,
-        )
+        print(f"convslim: verification FAILED: {report.verify.failure}", file=sys.stderr)
         return EXIT_VERIFY_FAILED
     return EXIT_OK
 

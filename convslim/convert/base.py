@@ -9,6 +9,7 @@ planner may pick others.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from torch import nn
 
 from convslim.core.plan import LayerDecision
 from convslim.core.sites import ConvSite, Cost, dense_cost, no_saving_reason
-from convslim.errors import UsageError
+from convslim.errors import PlanError, UsageError
 
 
 def plain_conv2d_reason(conv: nn.Module) -> str | None:
@@ -51,6 +52,7 @@ class Option:
     default: Any = None
     choices: tuple = ()
     check: Callable[[Any], str | None] | None = None
+    required: bool = False  # a per-conv setting (``Form.setting_options``) must hold it
 
     @property
     def flag(self) -> str:
@@ -66,6 +68,8 @@ class Option:
             return "a number"
         if self.type is float and value != value:
             return "a number (not NaN)"
+        if self.type in (str, list) and not isinstance(value, self.type):
+            return "a string" if self.type is str else "a list"
         if self.choices and value not in self.choices:
             return "one of " + ", ".join(map(str, self.choices))
         return self.check(value) if self.check else None
@@ -87,6 +91,21 @@ def in_interval(low: float, high: float, closed_low: bool, closed_high: bool) ->
     return lambda v: None if lo_ok(v) and hi_ok(v) else f"in {shown}"
 
 
+def numbers_at_least(low: float, whole: bool = False) -> Callable[[Any], str | None]:
+    """For list settings: every item a number ≥ ``low`` (``whole``: a whole number)."""
+
+    def check(values: Any) -> str | None:
+        ok = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= low
+            for v in values
+        )
+        ok = ok and (not whole or all(float(v).is_integer() for v in values))
+        kind = "whole numbers" if whole else "numbers"
+        return None if ok else f"a list of {kind} ≥ {low:g}"
+
+    return check
+
+
 def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
     """Smallest rank T whose kept energy Σ_rows Σ_{t<T} σ_t² is at least ``energy`` of the total Σ σ² (rows:
     one spectrum per channel or group, each sorted descending; every row keeps the same T). 1 for no values."""
@@ -103,6 +122,10 @@ class Form:
 
     name: str = ""
     options: tuple[Option, ...] = ()
+    # what a per-conv setting (plan.json's "setting") holds where it differs from ``options`` (a concrete rank
+    # rather than a fraction, values graph passes fixed): a plan file is untrusted, ``checked_setting`` checks
+    # every key against these and ``options``
+    setting_options: tuple[Option, ...] = ()
     # the graph pass (by name, in ``convslim.passes.form_passes``) that runs after this form's convs are swapped
     # in, before ``finalize``; None: none. A form names its pass rather than importing it, so forms never
     # depend on passes.
@@ -125,6 +148,37 @@ class Form:
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         """Turn user options into this conv's concrete setting (policy; the planner may override it)."""
         raise NotImplementedError
+
+    def checked_setting(self, site: ConvSite, setting: Any, where: str) -> dict[str, Any]:
+        """``setting`` read from a plan file (untrusted), checked for ``site`` with this form's own option checks
+        (``setting_options`` first, then ``options``): unknown keys, a required key missing, values of the wrong
+        type or outside their check, then ``setting_problem``, each a ``PlanError`` starting with ``where``.
+        Returns the setting with whole numbers of int options as ints."""
+        if not isinstance(setting, dict):
+            raise PlanError(f"{where}: the setting must be a JSON object, got {type(setting).__name__}")
+        known = {o.name: o for o in self.options} | {o.name: o for o in self.setting_options}
+        unknown = sorted(set(setting) - set(known))
+        if unknown:
+            raise PlanError(f"{where}: {self.name} settings have no {', '.join(map(repr, unknown))}")
+        missing = [o.name for o in self.setting_options if o.required and o.name not in setting]
+        if missing:
+            raise PlanError(f"{where}: the {self.name} setting needs {', '.join(missing)}")
+        for key, value in setting.items():
+            problem = known[key].problem(value)
+            if problem:
+                raise PlanError(f"{where}: {self.name} setting {key} must be {problem}, got {value!r}")
+        clean = {
+            k: int(v) if known[k].type is int and isinstance(v, float) else v for k, v in setting.items()
+        }
+        problem = self.setting_problem(site, clean)
+        if problem:
+            raise PlanError(f"{where}: {problem}")
+        return clean
+
+    def setting_problem(self, site: ConvSite, setting: dict[str, Any]) -> str | None:
+        """What is wrong with a (type-checked) setting for this particular conv, e.g. channel indices out of
+        range, or None. Forms whose settings name channels override it."""
+        return None
 
     def supports(self, site: ConvSite, setting: dict[str, Any]) -> str | None:
         """None when the form can and should take ``site`` at ``setting``, else the reason it skips it."""
@@ -156,4 +210,12 @@ class Form:
         return module, decisions
 
 
-__all__ = ["ConvSite", "Cost", "Form", "dense_cost", "plain_conv2d_reason", "rank_for_energy"]
+__all__ = [
+    "ConvSite",
+    "Cost",
+    "Form",
+    "dense_cost",
+    "numbers_at_least",
+    "plain_conv2d_reason",
+    "rank_for_energy",
+]

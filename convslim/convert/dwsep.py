@@ -170,6 +170,9 @@ class DwsepForm(Form):
             "emission", str, "dwsep: how rank T > 1 runs: T summed branches or one concat", "sum", EMISSIONS
         ),
     )
+    setting_options = (
+        Option("rank", int, "depthwise filters per input channel", check=whole_at_least(1), required=True),
+    )
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         energy = options.get("energy")

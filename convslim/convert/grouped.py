@@ -47,6 +47,7 @@ from convslim.convert.base import (
     Cost,
     Form,
     Option,
+    numbers_at_least,
     plain_conv2d_reason,
     whole_at_least,
     whole_or_fraction,
@@ -315,6 +316,11 @@ class GroupedForm(Form):
             POLICIES,
         ),
     )
+    setting_options = (
+        Option("groups", int, "groups g", check=whole_at_least(1), required=True),
+        Option("width", int, "filters of the mixer", check=whole_at_least(1)),
+        Option("in_scale", list, "input channel scales", check=numbers_at_least(0)),
+    )
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         groups = options.get("groups")
@@ -334,6 +340,17 @@ class GroupedForm(Form):
         if scale is not None:
             setting["in_scale"] = scale
         return setting
+
+    def setting_problem(self, site: ConvSite, setting: dict[str, Any]) -> str | None:
+        conv, groups, width = site.conv, setting["groups"], setting.get("width")
+        scale = setting.get("in_scale")
+        if scale is not None and len(scale) != conv.in_channels:
+            return f"in_scale has {len(scale)} values for {conv.in_channels} input channels"
+        if width is not None and not plain_conv2d_reason(conv) and conv.in_channels % groups == 0:
+            full = full_width(conv, groups)
+            if width % groups or width > full:
+                return f"width {width} must be a multiple of groups={groups} and at most {full}"
+        return None
 
     def supports(self, site: ConvSite, setting: dict[str, Any]) -> str | None:
         conv = site.conv

@@ -35,7 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convslim.convert.base import ConvSite, Cost, Form, Option, in_interval, plain_conv2d_reason
+from convslim.convert.base import (
+    ConvSite,
+    Cost,
+    Form,
+    Option,
+    in_interval,
+    numbers_at_least,
+    plain_conv2d_reason,
+)
 from convslim.convert.octave_conv import (
     MIN_CHANNELS,
     OctaveConv2d,
@@ -116,6 +124,30 @@ class OctaveForm(Form):
             True,
         ),
     )
+    setting_options = (
+        Option("region", bool, "region form"),
+        Option("in_loss", list, "per input channel loss at half resolution", check=numbers_at_least(0)),
+        Option("out_loss", list, "per output channel loss at half resolution", check=numbers_at_least(0)),
+        Option("loss_source", str, "where the losses came from", choices=("calibration", "weights")),
+        Option("low_in", list, "input channels at half resolution", check=numbers_at_least(0, whole=True)),
+        Option("low_out", list, "output channels at half resolution", check=numbers_at_least(0, whole=True)),
+    )
+
+    def setting_problem(self, site: ConvSite, setting: dict[str, Any]) -> str | None:
+        counts = {"in_loss": site.conv.in_channels, "out_loss": site.conv.out_channels}
+        counts.update(low_in=site.conv.in_channels, low_out=site.conv.out_channels)
+        if ("low_in" in setting) != ("low_out" in setting):
+            return "octave settings give low_in and low_out together"
+        for key, channels in counts.items():
+            values = setting.get(key)
+            if values is None:
+                continue
+            if key.startswith("loss") or key.endswith("loss"):
+                if len(values) != channels:
+                    return f"{key} has {len(values)} values for {channels} channels"
+            elif len(set(values)) != len(values) or any(v >= channels for v in values):
+                return f"{key} must list distinct channels below {channels}, got {values}"
+        return None
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         alpha = parse_alpha(options)

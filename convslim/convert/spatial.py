@@ -172,6 +172,7 @@ class SpatialForm(Form):
             check=whole_at_least(1),
         ),
     )
+    setting_options = (Option("rank", int, "rank r", check=whole_at_least(1), required=True),)
 
     def settings_from_options(self, site: ConvSite, options: dict[str, Any]) -> dict[str, Any]:
         if plain_conv2d_reason(site.conv):

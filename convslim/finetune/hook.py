@@ -20,7 +20,7 @@ from convslim.errors import UsageError
 from convslim.finetune.feed import as_source
 from convslim.finetune.recipe import run
 from convslim.finetune.settings import FinetuneSettings
-from convslim.inputs.data import Preprocess, load_sets
+from convslim.inputs.data import ArrayData, Preprocess, check_finite_inputs, load_sets
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ def finetune(data, val_data=None, **settings) -> FinetuneHook:
     config = FinetuneSettings(**settings)
     config.check()
     train, val = as_source(data), (None if val_data is None else as_source(val_data))
+    for name, source in (("data", train), ("val_data", val)):
+        if isinstance(source, ArrayData):  # an iterable is read only while training
+            check_finite_inputs(source.x, f"{name} ({source.source})")
     return FinetuneHook(train, val, config)
 
 

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,24 +61,40 @@ def load_data(
     resize: Sequence[int] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    name: str = "--data",
 ) -> ArrayData:
-    """Load a folder of images, an ``.npz`` or a ``.pt`` file (see the module docstring)."""
+    """Load a folder of images, an ``.npz`` or a ``.pt`` file (see the module docstring). ``name`` is the setting
+    the file came from (``--data``, ``--val-data``, ``--calib-data``), as messages name it. Inputs holding NaN or
+    ±inf are refused: a model trained or scored on them is NaN, and a NaN comparison proves nothing."""
     path = Path(path)
+    where = f"{name} {path}"
     if path.is_dir():
-        data = _load_folder(path, resize)
+        data = _load_folder(path, resize, where)
     elif not path.exists():
-        raise UsageError(f"--data {path}: no such file or folder")
+        raise UsageError(f"{where}: no such file or folder")
     elif path.suffix == ".npz":
-        data = _load_npz(path)
+        data = _load_npz(path, where)
     elif path.suffix in (".pt", ".pth"):
-        data = _load_pt(path)
+        data = _load_pt(path, where)
     else:
-        raise UsageError(f"--data {path}: expected an image folder, .npz or .pt file")
+        raise UsageError(f"{where}: expected an image folder, .npz or .pt file")
     if resize and data.x.dim() == 4 and tuple(data.x.shape[-2:]) != tuple(resize):
         # arrays: bilinear resize in [0, 1] space, like the images (``antialias`` when shrinking)
         data.x = torch.nn.functional.interpolate(data.x, size=tuple(resize), mode="bilinear", antialias=True)
     data.x = normalize(data.x, mean, std, str(path))
+    check_finite_inputs(data.x, where)
     return data
+
+
+def check_finite_inputs(x: torch.Tensor, where: str) -> None:
+    """Refuse inputs holding NaN or ±inf, naming the first bad sample and how many there are."""
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1) if len(x) else torch.zeros(0, dtype=torch.bool)
+    if bool(bad.any()):
+        first, count = int(bad.nonzero()[0]), int(bad.sum())
+        raise UsageError(
+            f"{where}: {count} of {len(x)} samples hold NaN or infinite values (the first: sample {first}); "
+            "clean or drop them (a model trained or scored on them gives NaN)"
+        )
 
 
 def normalize(x: torch.Tensor, mean, std, source: str) -> torch.Tensor:
@@ -123,23 +140,23 @@ def _labels(y, n: int, source: str) -> torch.Tensor | None:
     return y.long()
 
 
-def _load_npz(path: Path) -> ArrayData:
+def _load_npz(path: Path, where: str) -> ArrayData:
     try:
         arrays = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--data {path}: not a readable .npz ({exc})") from None
+        raise UsageError(f"{where}: not a readable .npz ({exc})") from None
     if "x" not in arrays.files:
-        raise UsageError(f"--data {path}: no array named 'x' (found {arrays.files}); save inputs as x=")
-    x = _from_array(arrays["x"], str(path))
-    y = _labels(arrays["y"] if "y" in arrays.files else None, len(x), str(path))
-    return _nonempty(ArrayData(x, y, str(path)))
+        raise UsageError(f"{where}: no array named 'x' (found {arrays.files}); save inputs as x=")
+    x = _from_array(arrays["x"], where)
+    y = _labels(arrays["y"] if "y" in arrays.files else None, len(x), where)
+    return _nonempty(ArrayData(x, y, str(path)), where)
 
 
-def _load_pt(path: Path) -> ArrayData:
+def _load_pt(path: Path, where: str) -> ArrayData:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (any load failure is the file's problem)
-        raise UsageError(f"--data {path}: not a readable tensor file ({type(exc).__name__})") from None
+        raise UsageError(f"{where}: not a readable tensor file ({type(exc).__name__})") from None
     if isinstance(obj, dict):
         x, y = obj.get("x"), obj.get("y")
     elif isinstance(obj, (tuple, list)) and len(obj) == 2:
@@ -147,19 +164,19 @@ def _load_pt(path: Path) -> ArrayData:
     else:
         x, y = obj, None
     if not isinstance(x, torch.Tensor):
-        raise UsageError(f"--data {path}: expected a tensor, (x, y) or {{'x': ..., 'y': ...}}")
+        raise UsageError(f"{where}: expected a tensor, (x, y) or {{'x': ..., 'y': ...}}")
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    return _nonempty(ArrayData(x, _labels(y, len(x), str(path)), str(path)))
+    return _nonempty(ArrayData(x, _labels(y, len(x), where), str(path)), where)
 
 
-def _load_folder(path: Path, resize: Sequence[int] | None) -> ArrayData:
+def _load_folder(path: Path, resize: Sequence[int] | None, where: str) -> ArrayData:
     classes = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if classes:
         files = [(f, label) for label, d in enumerate(classes) for f in _image_files(d)]
     else:
         files = [(f, None) for f in _image_files(path)]
     if not files:
-        raise UsageError(f"--data {path}: no image files found; give a folder of images or class sub-folders")
+        raise UsageError(f"{where}: no image files found; give a folder of images or class sub-folders")
     images, labels, skipped = [], [], 0
     for file, label in files:
         image = _read_image(file, resize)
@@ -169,10 +186,10 @@ def _load_folder(path: Path, resize: Sequence[int] | None) -> ArrayData:
         images.append(image)
         labels.append(label)
     if not images:
-        raise UsageError(f"--data {path}: none of the {skipped} image files could be read")
+        raise UsageError(f"{where}: none of the {skipped} image files could be read")
     sizes = {im.shape for im in images}
     if len(sizes) > 1:
-        raise UsageError(f"--data {path}: images differ in size ({len(sizes)} sizes); pass --resize H,W")
+        raise UsageError(f"{where}: images differ in size ({len(sizes)} sizes); pass --resize H,W")
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
     y = torch.tensor(labels) if classes else None
     return ArrayData(x, y, str(path), skipped)
@@ -195,9 +212,9 @@ def _read_image(file: Path, resize: Sequence[int] | None) -> np.ndarray | None:
         return None
 
 
-def _nonempty(data: ArrayData) -> ArrayData:
+def _nonempty(data: ArrayData, where: str) -> ArrayData:
     if len(data.x) == 0:
-        raise UsageError(f"--data {data.source}: holds no samples")
+        raise UsageError(f"{where}: holds no samples")
     return data
 
 
@@ -226,9 +243,12 @@ def parse_floats(text: str | None, flag: str) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"{flag} {text!r}: expected numbers like 0.485,0.456,0.406") from None
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{flag} {text!r}: expected finite numbers like 0.485,0.456,0.406")
+    return values
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -273,7 +293,7 @@ def load_for_model(
     Example:
         >>> train = load_for_model("train.npz", (torch.randn(1, 3, 32, 32),), output_classes(model, inputs))
     """
-    data = load_data(path, preprocess.resize, preprocess.mean, preprocess.std)
+    data = load_data(path, preprocess.resize, preprocess.mean, preprocess.std, name)
     check_inputs(data, example_inputs[0].shape, f"{name} {data.source}")
     check_labels(data, num_classes, f"{name} {data.source}")
     return data

@@ -99,6 +99,16 @@ def load_state_dict(path: str | Path, device: str = "cpu") -> dict[str, torch.Te
     return unwrap_state_dict(obj, path)
 
 
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a state_dict file exactly as saved (keys untouched; no code runs), e.g. a compress output's
+    ``compressed_state_dict.pt``; unreadable, truncated or corrupt files are a one-line ``ModelLoadError``."""
+    path = Path(path)
+    obj = _load_weights_only(path, "cpu", trust_pickle=False)
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a state_dict of tensors")
+    return dict(obj)
+
+
 def _archive_kind(path: Path) -> str:
     """ "export", "torchscript", "pickle" (zip torch.save), "legacy" (old torch.save), "onnx" or "unknown"."""
     if not zipfile.is_zipfile(path):

@@ -17,6 +17,7 @@ from torch import nn
 from convslim.core import ConvSite, Prepared, TracedModel
 from convslim.core.samples import ACTIVATION_SAMPLES
 from convslim.errors import UsageError
+from convslim.inputs.data import check_finite_inputs
 from convslim.inputs.loading import check_finite
 from convslim.passes.fold_bn import fold_batchnorm
 from convslim.passes.trace import collect_conv_sites, propagate_shapes_, trace_model, without_export_guards
@@ -47,6 +48,7 @@ def prepare(model: nn.Module, example_inputs, calibration: torch.Tensor | None =
         propagate_shapes_(traced)
     sites = collect_conv_sites(traced)
     if calibration is not None:
+        check_finite_inputs(calibration, "calibration")
         record_input_samples(traced.module, sites, calibration[:ACTIVATION_SAMPLES])
     return Prepared(original, traced, sites, folded)
 

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -134,8 +135,9 @@ class Report:
             c = self.parity["compressed_vs_original"]
             agree = "" if c["top1_agreement"] is None else f", top-1 agreement {c['top1_agreement']:.1%}"
             on = f" on {c['inputs']}" if c.get("inputs") else ""
+            failed = "" if c.get("finite", True) else " FAILED: NaN or infinite outputs"
             lines.append(
-                f"  compressed vs original{on}: rel L2 {c['rel_l2']:.3f}, cosine {c['cosine']:.4f}{agree}"
+                f"  compressed vs original{on}: rel L2 {c['rel_l2']:.3f}, cosine {c['cosine']:.4f}{agree}{failed}"
             )
             if not agrees(c):
                 lines.append(
@@ -220,9 +222,12 @@ AGREEMENT_FLOOR = 0.9  # below this top-1 agreement or cosine, the summary warns
 
 
 def agrees(closeness: dict[str, Any]) -> bool:
-    """Whether compressed and original still agree: cosine and top-1 agreement (when there is one) ≥ 0.9."""
+    """Whether compressed and original still agree: finite outputs, cosine and top-1 agreement (when there is
+    one) ≥ 0.9. NaN never agrees."""
     top1 = closeness.get("top1_agreement")
-    return closeness["cosine"] >= AGREEMENT_FLOOR and (top1 is None or top1 >= AGREEMENT_FLOOR)
+    cosine = closeness["cosine"]
+    finite = closeness.get("finite", True) and math.isfinite(cosine) and math.isfinite(closeness["rel_l2"])
+    return finite and cosine >= AGREEMENT_FLOOR and (top1 is None or top1 >= AGREEMENT_FLOOR)
 
 
 def _ratio(after: int, before: int) -> str:

@@ -153,7 +153,17 @@ class VerifySection:
 
     @property
     def passed(self) -> bool:
-        return bool(self.onnx_vs_torch["passed"])
+        """ONNX matched PyTorch, and the compressed model's outputs are finite (NaN never passes)."""
+        return self.failure is None
+
+    @property
+    def failure(self) -> str | None:
+        """Why verification failed, in a few words, or None."""
+        if not self.compressed_vs_original.get("finite", True):
+            return "the compressed model's outputs hold NaN or infinite values"
+        if not self.onnx_vs_torch["passed"]:
+            return "ONNX output differs from PyTorch beyond --tolerance"
+        return None
 
     def parity(self) -> dict[str, Any]:
         out: dict[str, Any] = {

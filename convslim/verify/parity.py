@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,18 +72,18 @@ def onnx_parity(
         got = run_session(session, inputs)
         for (key, r), g in zip(ref, got, strict=True):
             err, scale = errors.setdefault(key, [0.0, 0.0])
-            errors[key] = [max(err, float(np.abs(g - r).max())), max(scale, float(np.abs(r).max()))]
+            errors[key] = [worst_of(err, np.abs(g - r)), worst_of(scale, np.abs(r))]
     outputs = [
         {
             "name": key,
             "max_abs_err": err,
             "output_scale": scale,
             "tolerance": rtol * max(scale, 1e-12),
-            "passed": err <= rtol * max(scale, 1e-12),
+            "passed": _within(err, rtol * max(scale, 1e-12)),
         }
         for key, (err, scale) in errors.items()
     ]
-    worst = max(outputs, key=lambda o: o["max_abs_err"] / max(o["output_scale"], 1e-12))  # tolerance may be 0
+    worst = max(outputs, key=_badness)  # tolerance may be 0
     return {
         "max_abs_err": worst["max_abs_err"],
         "output_scale": worst["output_scale"],
@@ -95,6 +96,23 @@ def onnx_parity(
     }
 
 
+def worst_of(so_far: float, values: np.ndarray) -> float:
+    """max(``so_far``, max ``values``), NaN as soon as either holds one: Python's ``max`` drops a NaN (every
+    comparison with it is false), which once let a NaN model pass with "max abs err 0"."""
+    found = float(values.max()) if values.size else 0.0
+    return float("nan") if math.isnan(so_far) or math.isnan(found) else max(so_far, found)
+
+
+def _within(err: float, allowed: float) -> bool:
+    """``err <= allowed`` for finite numbers only: NaN or infinity never passes a check."""
+    return math.isfinite(err) and err <= allowed
+
+
+def _badness(output: dict) -> float:
+    ratio = output["max_abs_err"] / max(output["output_scale"], 1e-12)
+    return ratio if math.isfinite(ratio) else float("inf")
+
+
 def judge_with_floor(parity: dict, floor: dict, multiple: float = FLOOR_MULTIPLE) -> dict:
     """``parity`` (compressed ONNX vs PyTorch) judged against max(tolerance, ``multiple`` × the original model's
     own ONNX-vs-PyTorch error on the same inputs, ``floor``), output by output: runtime noise the original shows
@@ -103,9 +121,9 @@ def judge_with_floor(parity: dict, floor: dict, multiple: float = FLOOR_MULTIPLE
     outputs = []
     for o in parity.get("outputs", []):
         allowed = max(o["tolerance"], multiple * floors.get(o["name"], floor["max_abs_err"]))
-        outputs.append(dict(o, allowed_err=allowed, passed=o["max_abs_err"] <= allowed))
+        outputs.append(dict(o, allowed_err=allowed, passed=_within(o["max_abs_err"], allowed)))
     allowed = max(parity["tolerance"], multiple * floor["max_abs_err"])
-    passed = all(o["passed"] for o in outputs) if outputs else parity["max_abs_err"] <= allowed
+    passed = all(o["passed"] for o in outputs) if outputs else _within(parity["max_abs_err"], allowed)
     judged = dict(
         parity,
         floor_max_abs_err=floor["max_abs_err"],
@@ -130,19 +148,27 @@ def compare_models(original: nn.Module, compressed: nn.Module, batches: list[tup
         got = np.concatenate([g[i][1] for g in gots]).astype(np.float64)
         outputs.append({"name": key, **_closeness(ref, got)})
     agreements = [o["top1_agreement"] for o in outputs if o["top1_agreement"] is not None]
+    finite = all(o["finite"] for o in outputs)
     return {
-        "rel_l2": max(o["rel_l2"] for o in outputs),
-        "cosine": min(o["cosine"] for o in outputs),
+        "rel_l2": max(o["rel_l2"] for o in outputs) if finite else float("nan"),
+        "cosine": min(o["cosine"] for o in outputs) if finite else float("nan"),
         "top1_agreement": min(agreements) if agreements else None,
         "n_samples": outputs[0]["n_samples"],
+        "finite": finite,
         "outputs": outputs,
     }
 
 
 def _closeness(ref: np.ndarray, got: np.ndarray) -> dict:
+    """Relative L2, cosine and top-1 agreement of ``got`` against ``ref``; ``finite`` False (and no agreement)
+    when either holds NaN or ±inf: an argmax over NaN agrees by accident."""
+    finite = bool(np.isfinite(ref).all() and np.isfinite(got).all())
     diff = np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)
     cosine = float((got * ref).sum() / max(np.linalg.norm(got) * np.linalg.norm(ref), 1e-30))
     result = {"rel_l2": float(diff), "cosine": cosine, "top1_agreement": None, "n_samples": int(ref.shape[0])}
-    if ref.ndim == 2 and ref.shape[1] > 1:
+    result["finite"] = finite
+    if not finite:
+        result.update(rel_l2=float("nan"), cosine=float("nan"))
+    elif ref.ndim == 2 and ref.shape[1] > 1:
         result["top1_agreement"] = float((ref.argmax(1) == got.argmax(1)).mean())
     return result
