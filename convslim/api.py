@@ -26,12 +26,12 @@ from convslim.convert import get_form
 from convslim.core import Plan, Prepared
 from convslim.core.outputs import check_output_dir
 from convslim.errors import UsageError
-from convslim.options import CompressOptions
+from convslim.options import CompressOptions, wants_budgeted
 from convslim.passes.apply_plan import Rewritten
 from convslim.passes.apply_plan import rewrite as rewrite_plan
 from convslim.passes.prepare import prepare
 from convslim.planner.fit import fit_plan
-from convslim.planner.uniform import make_plan
+from convslim.planner.uniform import check_exclude, make_plan
 from convslim.report.report import Report
 from convslim.report.runinfo import run_record
 from convslim.report.sections import FinetuneSection, PlanSection, RewriteSection, RunSection
@@ -79,11 +79,6 @@ def plan_budgeted(
     return plan_to_budget(prepared, to, calibration=calibration, exclude=exclude, **budget)
 
 
-def wants_budgeted(to: str, budget: dict) -> bool:
-    """``--to auto``, ``--to a,b`` or any budget flag → the budgeted planner; else the uniform per-form plan."""
-    return any(v is not None for v in budget.values()) or to == "auto" or "," in to
-
-
 def _plan_on_rank0(prepared: Prepared, **options) -> Plan:
     """The budgeted plan, measured once (on rank 0 under torchrun: timings differ per process) and shared."""
     from convslim import parallel
@@ -94,6 +89,7 @@ def _plan_on_rank0(prepared: Prepared, **options) -> Plan:
 
 def _uniform_plan(prepared: Prepared, to: str, exclude: Sequence[str], options: dict) -> Plan:
     get_form(to)
+    check_exclude(exclude, prepared)
     return make_plan(prepared.sites, to, options, prepared.traced.unconvertible, tuple(exclude))
 
 
@@ -147,7 +143,9 @@ def compress(
         (plan, "the plan") if plan is None or isinstance(plan, Plan) else (Plan.read(plan), str(plan))
     )
     start = time.perf_counter()
+    opts.check(to, planned=given is not None)
     prepared = prepare(model, example_inputs, opts.calibration)
+    check_exclude(opts.exclude, prepared)
     plan = None if given is None else fit_plan(given, prepared, source)
     with tempfile.TemporaryDirectory(prefix="convslim-") as scratch:
         original = _export_original(

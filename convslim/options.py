@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -17,6 +18,11 @@ from typing import Any
 
 from convslim.errors import UsageError
 from convslim.verify.parity import DEFAULT_RTOL
+
+
+def wants_budgeted(to: str, budget: dict) -> bool:
+    """``--to auto``, ``--to a,b`` or any budget flag → the budgeted planner; else the uniform per-form plan."""
+    return any(v is not None for v in budget.values()) or to == "auto" or "," in to
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,30 @@ class CompressOptions:
     deploy: Any = None  # runtime.deploy.DeploySettings
     record: dict | None = None
     form_options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, to: str, planned: bool = False) -> None:
+        """Every value that can be checked before any work: the form(s) ``to`` names and their options (none
+        when ``planned``: a plan fixes them), the budget, the checks' numbers. Layers named in ``exclude`` are
+        checked once the model is traced (``planner.uniform.check_exclude``)."""
+        from convslim.convert import get_form
+        from convslim.planner import check_budget, parse_forms
+
+        checks, limits = self.checks, self.budget.limits()
+        if not (isinstance(checks.tolerance, (int, float)) and 0 <= checks.tolerance < math.inf):
+            raise UsageError(f"--tolerance {checks.tolerance}: must be a finite number ≥ 0")
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in checks.batch_sizes):
+            raise UsageError(
+                f"--batch-sizes {list(checks.batch_sizes)}: expected positive integers like 1,32"
+            )
+        if isinstance(self.budget.plan_batch, bool) or not self.budget.plan_batch >= 1:
+            raise UsageError(f"--plan-batch {self.budget.plan_batch}: must be a positive batch size")
+        if planned:
+            return
+        if wants_budgeted(to, limits):
+            parse_forms(to)
+            check_budget(**limits)
+        else:
+            get_form(to).check_options(self.form_options)
 
     @classmethod
     def of(cls, options: dict[str, Any], allowed: Sequence[str] | None = None, caller: str = "compress"):

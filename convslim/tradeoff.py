@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -31,9 +32,11 @@ from typing import Any
 
 from torch import nn
 
-from convslim.api import compress
+from convslim.api import compress, prepare
 from convslim.core.outputs import atomic_write_bytes, atomic_write_text, check_output_dir
 from convslim.errors import ConvslimError, UsageError
+from convslim.options import CompressOptions
+from convslim.planner.uniform import check_exclude
 from convslim.report.report import Report
 from convslim.runtime.deploy import int8_original
 
@@ -109,6 +112,7 @@ def sweep(model: nn.Module, example_inputs, settings: SweepSettings) -> SweepRes
     if fixed:
         raise UsageError(f"compress_options: {', '.join(fixed)} are set by the sweep itself; drop them")
     check_output_dir(settings.out_dir, overwrite=settings.overwrite)
+    _check_points(model, example_inputs, targets, settings)
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = SweepResult([])
@@ -210,9 +214,23 @@ def check_targets(targets: Sequence[float]) -> tuple[float, ...]:
         values = tuple(float(t) for t in targets)
     except (TypeError, ValueError):
         raise UsageError(f"targets {targets!r}: expected numbers like 1.5,2,2.5,3") from None
-    if not values or min(values) <= 0 or len({f"{t:g}" for t in values}) != len(values):
-        raise UsageError(f"targets {targets!r}: expected distinct positive numbers like 1.5,2,2.5,3")
+    if not values or len({f"{t:g}" for t in values}) != len(values):
+        raise UsageError(f"targets {targets!r}: expected distinct speedups like 1.5,2,2.5,3")
+    for value in values:  # every target checked before any point runs (a bad one would fail after the others)
+        if not (math.isfinite(value) and value > 1):
+            raise UsageError(f"targets {targets!r}: {value:g} is not a speedup above 1; e.g. 1.5,2,2.5,3")
     return values
+
+
+def _check_points(
+    model: nn.Module, example_inputs, targets: Sequence[float], settings: SweepSettings
+) -> None:
+    """Every point's options as ``compress`` checks them, and the layers ``exclude`` names, before any work."""
+    options = dict(settings.compress_options, plan_batch=settings.plan_batch)
+    for target in targets:
+        opts = CompressOptions.of({**options, "target_speedup": target})
+        opts.check("auto")
+    check_exclude(opts.exclude, prepare(model, example_inputs, opts.calibration))
 
 
 def describe(point: SweepPoint) -> str:

@@ -14,6 +14,7 @@ import torch
 from convslim.core.samples import INT8_CALIBRATION
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings
+from convslim.inputs.data import HeldOut, scored_set, training_set
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -106,6 +107,12 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and fine-tuning (fine-tunes when --data is given)")
     g.add_argument("--data", help="training data: image folder (class sub-folders), .npz (x, y) or .pt")
     g.add_argument("--val-data", help="validation data (same kinds): top-1, or agreement with the original")
+    g.add_argument(
+        "--val-split",
+        type=float,
+        help="without --val-data: the share of --data held out of fine-tuning and scored on, stratified by "
+        f"label; 0 trains on all (default {HeldOut().fraction:g})",
+    )
     g.add_argument("--resize", help="resize images to H,W (or one size for both)")
     g.add_argument(
         "--mean", help="per-channel mean subtracted after scaling to [0,1], e.g. 0.485,0.456,0.406"
@@ -164,24 +171,32 @@ def data_sets(args: argparse.Namespace, model, inputs) -> dict:
     preprocess = Preprocess(
         parse_size(args.resize), parse_floats(args.mean, "--mean"), parse_floats(args.std, "--std")
     )
-    sets = load_sets(model, inputs, files, preprocess)
+    sets = load_sets(model, inputs, files, preprocess, held_out(args))
     for flag, data in sets.items():
         if data.skipped:
             print(f"convslim: {flag}: skipped {data.skipped} unreadable image(s)", file=sys.stderr)
     return sets
 
 
+def held_out(args: argparse.Namespace) -> HeldOut:
+    """The share of --data held out of fine-tuning (--val-split; refused beside --val-data, which is one)."""
+    if args.val_split is not None and args.val_data:
+        raise UsageError("--val-split splits --data when no --val-data is given; drop one of them")
+    return HeldOut(HeldOut().fraction if args.val_split is None else args.val_split, args.seed)
+
+
 def finetune_inputs(args: argparse.Namespace, model, inputs, sets: dict):
     """(hook, calibration batch) from the loaded data (``convslim.finetune.from_data``), or (None, None) without
-    --data."""
-    from convslim.finetune import from_data
+    --data. The hook trains on --data less its held-out share and scores on --val-data or that share; the
+    calibration batch is the first images of --data, as without a split."""
+    from convslim.finetune.hook import first_inputs, from_data
 
     if "--data" not in sets:
         return None, None
     settings = recipe_settings(args) | {"steps": args.finetune_steps, "minutes": args.finetune_minutes}
     settings.update(augment=not args.no_augment, seed=args.seed, device=args.device, progress=not args.quiet)
-    loaded = from_data(model, inputs, sets["--data"], sets.get("--val-data"), **settings)
-    return loaded.hook, loaded.calibration
+    loaded = from_data(model, inputs, training_set(sets), scored_set(sets), **settings)
+    return loaded.hook, first_inputs(sets["--data"], args.device)
 
 
 RECIPE = ("batch_size", "lr", "weight_decay", "temperature", "ce_weight", "feature_weight")
@@ -237,11 +252,11 @@ def deploy_settings(args: argparse.Namespace, sets: dict):
     from convslim.runtime.export import ExportSettings
     from convslim.runtime.int8 import Calibration, Int8Settings
 
-    source = sets.get("--calib-data") or sets.get("--data")
+    source = sets.get("--calib-data") or training_set(sets)
     calibration = None
     if source is not None:
-        calibration = Calibration.split(source, INT8_CALIBRATION, sets.get("--val-data"))
-        if source is sets.get("--data") and "--val-data" not in sets:
+        calibration = Calibration.split(source, INT8_CALIBRATION, scored_set(sets))
+        if source is sets.get("--data") and scored_set(sets) is None:
             calibration.held_source += "; fine-tuning trains on --data too"
     return DeploySettings(
         runtime=runtime_name(args),

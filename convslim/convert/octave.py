@@ -142,7 +142,7 @@ class OctaveForm(Form):
             values = setting.get(key)
             if values is None:
                 continue
-            if key.startswith("loss") or key.endswith("loss"):
+            if key.endswith("_loss"):
                 if len(values) != channels:
                     return f"{key} has {len(values)} values for {channels} channels"
             elif len(set(values)) != len(values) or any(v >= channels for v in values):

@@ -6,6 +6,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from convslim.errors import UsageError
@@ -45,6 +46,16 @@ class FinetuneSettings:
     progress: bool = True
 
     def check(self) -> None:
+        numbers = ("minutes", "lr", "weight_decay", "temperature", "ce_weight", "feature_weight", "mixup")
+        for name in numbers + ("feature_fraction",):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise UsageError(f"{_flag(name)} must be a finite number, got {value}")
+        for name in ("weight_decay", "ce_weight", "feature_weight"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{_flag(name)} must be ≥ 0, got {getattr(self, name)}")
+        if self.calibration_samples < 1:
+            raise UsageError(f"--calibration-samples must be ≥ 1, got {self.calibration_samples}")
         if self.steps is not None and self.steps < 1:
             raise UsageError(f"--finetune-steps must be ≥ 1, got {self.steps}")
         if self.minutes is not None and self.minutes <= 0:
@@ -63,3 +74,9 @@ class FinetuneSettings:
             raise UsageError(f"--mixup must be ≥ 0 (0: off), got {self.mixup}")
         if not 0 <= self.feature_fraction < 1:
             raise UsageError(f"feature_fraction must be in [0, 1), got {self.feature_fraction}")
+
+
+def _flag(field_name: str) -> str:
+    """The CLI flag of a settings field (``minutes`` → ``--finetune-minutes``)."""
+    renamed = {"minutes": "finetune-minutes", "steps": "finetune-steps"}
+    return "--" + renamed.get(field_name, field_name.replace("_", "-"))

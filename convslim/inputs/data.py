@@ -300,20 +300,91 @@ def load_for_model(
 
 
 def load_sets(
-    model, example_inputs: tuple, files: dict[str, str | Path | None], preprocess: Preprocess = Preprocess()
+    model,
+    example_inputs: tuple,
+    files: dict[str, str | Path | None],
+    preprocess: Preprocess = Preprocess(),
+    held_out: HeldOut | None = None,
 ) -> dict[str, ArrayData]:
     """Every file given in ``files`` (name, e.g. "--data", → path; None: not given), loaded and checked against
-    ``model``'s inputs and classes; the one loader ``convslim.finetune.from_files`` and the CLI share.
+    ``model``'s inputs and classes; the one loader ``convslim.finetune.from_files`` and the CLI share. With
+    ``held_out`` and no "--val-data", a stratified share of "--data" is split off as ``sets[HELD_OUT]``, the rest
+    is ``sets[TRAINING]`` (``split_held_out``); "--data" stays whole (its first images are still the calibration
+    batch: no labels, no training).
 
     Example:
-        >>> sets = load_sets(model, inputs, {"--data": "train.npz", "--val-data": None})
+        >>> sets = load_sets(model, inputs, {"--data": "train.npz", "--val-data": None}, held_out=HeldOut(0.1))
         >>> list(sets)
-        ['--data']
+        ['--data', '--data less the held-out share', 'held out of --data']
     """
     given = {name: path for name, path in files.items() if path is not None}
     if not given:
         return {}
     classes = output_classes(model, example_inputs)
-    return {
+    sets = {
         name: load_for_model(path, example_inputs, classes, preprocess, name) for name, path in given.items()
     }
+    if held_out is not None and "--data" in sets and "--val-data" not in sets:
+        train, held = split_held_out(sets["--data"], held_out)
+        if held is not None:
+            sets[TRAINING], sets[HELD_OUT] = train, held
+    return sets
+
+
+TRAINING, HELD_OUT = "--data less the held-out share", "held out of --data"
+
+
+def training_set(sets: dict[str, ArrayData]) -> ArrayData | None:
+    """What fine-tuning trains on: --data less the share held out of it (all of --data when none is)."""
+    return sets.get(TRAINING) or sets.get("--data")
+
+
+def scored_set(sets: dict[str, ArrayData]) -> ArrayData | None:
+    """What accuracy is scored on: --val-data, else the share held out of --data (None: neither)."""
+    return sets.get("--val-data") or sets.get(HELD_OUT)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """How much of the training data is held out from fine-tuning to score on (0: none), drawn with ``seed``."""
+
+    fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (isinstance(self.fraction, (int, float)) and 0 <= self.fraction < 1):
+            raise UsageError(f"--val-split {self.fraction}: must be a fraction in [0, 1) (0: train on all)")
+
+
+def split_held_out(data: ArrayData, held_out: HeldOut) -> tuple[ArrayData, ArrayData | None]:
+    """(the rest, ``held_out.fraction`` of ``data``) or (``data``, None) when that rounds to no image or leaves no
+    training image. Stratified: each label keeps its share, n_held = round(fraction · N) over all, split among
+    labels by largest remainder; unlabeled data is drawn at random. Both keep the data's order.
+
+    Example:
+        >>> train, held = split_held_out(ArrayData(x, y, "train.npz"), HeldOut(0.1))
+        >>> len(held), held.source
+        (1000, 'train.npz, 10 % held out of fine-tuning (stratified by label)')
+    """
+    n = len(data)
+    wanted = round(held_out.fraction * n)
+    if wanted < 1 or wanted >= n:
+        return data, None
+    gen = torch.Generator().manual_seed(held_out.seed)
+    labels = data.y if data.y is not None else torch.zeros(n, dtype=torch.long)
+    groups = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
+    shares = [held_out.fraction * len(g) for g in groups]
+    counts = [int(share) for share in shares]
+    by_remainder = sorted(range(len(groups)), key=lambda i: counts[i] - shares[i])
+    for i in by_remainder[: wanted - sum(counts)]:
+        counts[i] += 1
+    chosen = [g[torch.randperm(len(g), generator=gen)[:k]] for g, k in zip(groups, counts, strict=True)]
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.cat(chosen)] = True
+    how = "stratified by label" if data.y is not None else "at random"
+    source = f"{data.source}, {held_out.fraction * 100:g} % held out of fine-tuning ({how})"
+    return _subset(data, ~mask, data.source), _subset(data, mask, source)
+
+
+def _subset(data: ArrayData, mask: torch.Tensor, source: str) -> ArrayData:
+    return ArrayData(data.x[mask], None if data.y is None else data.y[mask], source, data.skipped)

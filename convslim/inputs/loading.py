@@ -41,6 +41,7 @@ def load_model(
 ) -> nn.Module:
     """Load ``path`` as an eval-mode ``nn.Module`` on ``device``; every failure is a one-line ``ModelLoadError``."""
     path = Path(path)
+    check_device(device)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     kind = _archive_kind(path)
@@ -69,6 +70,31 @@ def load_model(
     model = build_arch(arch, arch_kwargs, import_paths)
     _load_state(model, state, path, arch)
     return _checked(model.to(device).eval(), path)
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device that exists here (``cpu``, ``cuda``, ``cuda:1``, ``mps``), else a one-line
+    ``UsageError`` saying why (checked before any work: loading a model onto a missing GPU fails in torch.load
+    with a message about the file)."""
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"--device {device!r}: not a torch device; use cpu, cuda or cuda:N") from None
+    if found.type == "cpu":
+        return found
+    backend = getattr(torch, found.type, None) if found.type != "mps" else torch.backends.mps
+    if backend is None or not hasattr(backend, "is_available"):
+        raise UsageError(f"--device {device}: convslim runs on cpu or cuda (cuda:N)")
+    if not backend.is_available():
+        cpu_only = found.type == "cuda" and torch.version.cuda is None
+        build = f"torch {torch.__version__}" + (", a CPU-only build" if cpu_only else " finds none")
+        raise UsageError(f"--device {device}: {found.type} is not available here ({build}); use --device cpu")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if found.index is not None and found.index >= count:
+        raise UsageError(
+            f"--device {device}: this machine has {count} {found.type} device(s), numbered from 0"
+        )
+    return found
 
 
 def _checked(model: nn.Module, path: Path) -> nn.Module:

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -20,6 +21,7 @@ from convslim.core import Prepared
 from convslim.errors import UsageError
 from convslim.planner.candidates import parse_forms
 from convslim.planner.latency import LatencyCache, LayerTiming
+from convslim.planner.uniform import check_exclude
 from convslim.runtime.targets import available_target
 from convslim.runtime.targets.base import Target
 
@@ -40,6 +42,8 @@ def check_budget(target_speedup=None, target_macs=None, max_error=None) -> str:
     if len(given) != 1:
         raise UsageError("give exactly one budget: --target-speedup X, --target-macs F or --max-error E")
     ((name, value),) = given.items()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"--{name.replace('_', '-')} {value}: must be a finite number")
     if name == "target_speedup" and not value > 1:
         raise UsageError(f"--target-speedup {value}: must be above 1 (e.g. 2.0)")
     if name == "target_macs" and not 0 < value < 1:
@@ -80,6 +84,7 @@ class PlanRequest:
             raise UsageError(f"budgeted planning does not take {', '.join(unknown)}=")
         target = available_target(options.pop("target", "cpu"))
         budget = check_budget(**limits)
+        check_exclude(options.get("exclude", ()), prepared)
         if len(prepared.example_inputs) != 1:
             raise UsageError(
                 "budgeted planning takes single-input models; plan with --to FORM and its options"

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from convslim.convert import get_form
-from convslim.core import ConvSite, LayerDecision, Plan, dense_cost
+from convslim.core import ConvSite, LayerDecision, Plan, Prepared, dense_cost
+from convslim.errors import UsageError
 
 
 def decide(
@@ -49,6 +50,18 @@ def decide(
 def excluded(name: str, exclude: Sequence[str]) -> bool:
     """``--exclude layer1`` keeps ``layer1`` and everything under it (``layer1.0.conv1``), not ``layer10``."""
     return any(name == e or name.startswith(e + ".") for e in exclude)
+
+
+def check_exclude(exclude: Sequence[str], prepared: Prepared) -> None:
+    """Every ``--exclude`` entry names a conv of the model or a module above one (checked before any work: a typo
+    would otherwise rewrite the layer the user meant to keep)."""
+    names = [s.name for s in prepared.sites] + list(prepared.traced.unconvertible)
+    for entry in exclude or ():
+        if not isinstance(entry, str) or not any(excluded(name, (entry,)) for name in names):
+            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            raise UsageError(
+                f"--exclude {entry}: no conv of this model is {entry} or under it; its convs: {shown or 'none'}"
+            )
 
 
 def site_skip_reason(site: ConvSite, exclude: Sequence[str] = ()) -> str | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from convslim.core.samples import MEANINGFUL_SCORE, too_few
+
 MODELS = ("original_fp32", "original_int8", "compressed_fp32", "compressed_int8")
 
 
@@ -21,7 +23,8 @@ def deploy_lines(deploy: dict[str, Any] | None) -> list[str]:
     acc = deploy.get("accuracy")
     if acc:
         parts = [f"{m} {acc[m]:.2%}" for m in MODELS if m in acc]
-        lines.append(f"  {acc['metric']} on {acc['data']} ({acc['n']} images): " + ", ".join(parts))
+        shown = ", ".join(parts) if acc["n"] >= MEANINGFUL_SCORE else too_few(acc["n"], acc["metric"])
+        lines.append(f"  {acc['metric']} on {acc['data']} ({acc['n']} images): " + shown)
     for batch, entry in (deploy.get("speed") or {}).items():
         lat = entry["latency"]
         if len(lat) <= 2:  # the fp32 pair alone: the ort_cpu line says it (``fp32_pair``)
@@ -101,6 +104,8 @@ def deploy_markdown(deploy: dict[str, Any] | None) -> list[str]:
     if acc:
         out += ["", f"### {acc['metric']} on {acc['data']} ({acc['n']} images)", "", "| model | score |"]
         out += ["|---|---|"] + [f"| {m} | {acc[m]:.2%} |" for m in MODELS if m in acc]
+        if acc["n"] < MEANINGFUL_SCORE:
+            out.append(f"\n{too_few(acc['n'], acc['metric'])}.")
     for batch, entry in (deploy.get("speed") or {}).items():
         out += ["", f"### Latency at batch {batch}", ""]
         refs = list(entry["speedup"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from convslim.core.samples import SESSION_BATCH
+from convslim.core.samples import MEANINGFUL_SCORE, SESSION_BATCH
 from convslim.errors import UsageError
 from convslim.runtime.export import ExportSettings
 from convslim.runtime.int8 import Calibration, Int8Settings
@@ -107,6 +107,10 @@ def accuracy(models: dict[str, Path], settings: DeploySettings) -> dict | None:
 def int8_warnings(scores: dict | None) -> list[str]:
     """One warning per int8 model that lost more than ``INT8_WARN_DROP`` against its fp32 twin."""
     warnings = []
+    if scores and scores.get("n", MEANINGFUL_SCORE) < MEANINGFUL_SCORE:
+        return (
+            warnings  # a drop measured on a handful of images is noise (the terminal says they are too few)
+        )
     for kind in ("original", "compressed"):
         fp32, int8 = (scores or {}).get(f"{kind}_fp32"), (scores or {}).get(f"{kind}_int8")
         if fp32 is not None and int8 is not None and fp32 - int8 > INT8_WARN_DROP:
