@@ -35,7 +35,7 @@ from convslim.planner.uniform import check_exclude, make_plan
 from convslim.report.report import Report
 from convslim.report.runinfo import run_record
 from convslim.report.sections import FinetuneSection, PlanSection, RewriteSection, RunSection
-from convslim.runtime.deploy import DeploySettings
+from convslim.runtime.deploy import DeploySettings, check_exclusions_early
 from convslim.runtime.export import ExportSettings
 
 
@@ -156,6 +156,8 @@ def compress(
             raise UsageError(nothing_rewritten(plan))
         notes = list(prepared.traced.notes)
         compressed, plan = rewrite(prepared, plan, notes=notes)  # from here on, the plan as built
+        if original is not None:  # nothing is deployed without it
+            check_exclusions_early(deploy, [original.path], (compressed, prepared.example_inputs))
         record = run_record(prepared.example_inputs, opts.record, _compress_settings(to, opts))
         stages = _Stages.start(prepared, plan, notes, record, start)
         stages = replace(stages, scratch=Path(scratch), original=original)
@@ -203,12 +205,14 @@ def _plan_for(prepared: Prepared, to: str, opts: CompressOptions, deployment: tu
         return _uniform_plan(prepared, to, opts.exclude, opts.form_options)
     deploy, original = deployment
     alike = original is not None and deploy.export == ExportSettings(opset=deploy.export.opset)
+    # a static-shape model runs at the batch of its example inputs only: it is planned (and shipped) there
+    static = deploy.export.static_shape
     return _plan_on_rank0(
         prepared,
         to=to,
         calibration=opts.calibration,
         exclude=opts.exclude,
-        batch=opts.budget.plan_batch,
+        batch=len(prepared.example_inputs[0]) if static else opts.budget.plan_batch,
         progress=opts.progress,
         target=deploy.target(),
         opset=deploy.export.opset,
@@ -312,6 +316,7 @@ def finetune_output(source: str | Path, model: nn.Module, example_inputs, finetu
     start = time.perf_counter()
     prepared = prepare(model, example_inputs, opts.calibration)
     saved_plan, compressed = _load_output(prepared, source)
+    check_exclusions_early(deploy, [Path(source) / n for n in ("original.onnx", "model.onnx")])
     notes = list(prepared.traced.notes) + [f"fine-tuned from the compress output {source}"]
     if _was_finetuned(source) and hasattr(finetune, "resuming"):
         finetune = finetune.resuming()

@@ -34,6 +34,7 @@ from torch import nn
 
 from convslim.api import compress, prepare
 from convslim.core.outputs import atomic_write_bytes, atomic_write_text, check_output_dir
+from convslim.core.signals import signal_name
 from convslim.errors import ConvslimError, UsageError
 from convslim.options import CompressOptions
 from convslim.planner.uniform import check_exclude
@@ -119,8 +120,8 @@ def sweep(model: nn.Module, example_inputs, settings: SweepSettings) -> SweepRes
     for i, target in enumerate(targets, 1):
         try:
             point, report = _run_point(model, example_inputs, target, settings)
-        except KeyboardInterrupt:
-            result.stopped_by = "SIGINT"
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (``core.signals``)
+            result.stopped_by = signal_name(exc)
             write_summary(out, result, interrupted_at=target)
             raise
         result.points.append(point)

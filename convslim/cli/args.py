@@ -269,7 +269,12 @@ def deploy_settings(args: argparse.Namespace, sets: dict):
 def add_budget_args(p: argparse.ArgumentParser, limits: bool = True) -> None:
     """The budget flags; ``limits=False``: only ``--plan-batch`` (for a caller that sets the budget itself)."""
     g = p.add_argument_group("budget (per-layer planning on measured ORT latency; use --to auto or --to a,b)")
-    g.add_argument("--plan-batch", type=int, default=32, help="batch size layers are timed at")
+    g.add_argument(
+        "--plan-batch",
+        type=int,
+        help=f"batch size the plan is measured at (default {PLAN_BATCH}; with --static-shape, the batch of "
+        "--input-shape: the only one such a model runs at)",
+    )
     if not limits:
         return
     g.add_argument(
@@ -277,6 +282,14 @@ def add_budget_args(p: argparse.ArgumentParser, limits: bool = True) -> None:
     )
     g.add_argument("--target-macs", type=float, help="fraction of the original conv MACs to keep, e.g. 0.4")
     g.add_argument("--max-error", type=float, help="largest predicted relative output error, e.g. 0.1")
+
+
+PLAN_BATCH = 32
+
+
+def plan_batch(args: argparse.Namespace) -> int:
+    """--plan-batch, or its default (``compress`` plans a --static-shape model at its one batch itself)."""
+    return PLAN_BATCH if args.plan_batch is None else args.plan_batch
 
 
 def budget_options(args: argparse.Namespace) -> dict:

@@ -35,9 +35,12 @@ from convslim.cli.args import (
     load_model_and_inputs,
     no_ignored_form_options,
     parse_batch_sizes,
+    plan_batch,
     registry_options,
     runtime_name,
 )
+from convslim.cli.checks import check_values
+from convslim.core.signals import exit_code, signal_name, terminate_as_interrupt
 from convslim.errors import ConvslimError, UsageError
 
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 128 + signal.SIGINT
@@ -116,7 +119,7 @@ def _compress(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         calibration=calibration,
         finetune=hook,
-        plan_batch=args.plan_batch,
+        plan_batch=plan_batch(args),
         deploy=deploy,
         record=_run_record(args),
         **budget_options(args),
@@ -244,7 +247,7 @@ def _plan(args: argparse.Namespace) -> int:
             prepared,
             to=args.to,
             exclude=args.exclude,
-            batch=args.plan_batch,
+            batch=plan_batch(args),
             progress=not args.quiet,
             target=runtime_name(args),
             **budget,
@@ -333,12 +336,14 @@ def _sweep(args: argparse.Namespace) -> int:
     options = {"finetune": hook, "calibration": calibration, "deploy": deploy_settings(args, sets)}
     options.update(exclude=args.exclude, progress=not args.quiet, record=_run_record(args))
     options.update(measure_speed=not args.no_speed, batch_sizes=batch_sizes, tolerance=args.tolerance)
-    settings = SweepSettings(targets, args.out, args.overwrite, args.plan_batch, options, quiet=args.quiet)
+    settings = SweepSettings(targets, args.out, args.overwrite, plan_batch(args), options, quiet=args.quiet)
     try:
         result = sweep(model, inputs, settings)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if not (Path(args.out) / "sweep.json").is_file():
+            raise  # no point finished: nothing was written
         print(f"convslim: interrupted; the finished points are in {args.out}/sweep.json", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code(exc)
     return _sweep_exit(result, args.out)
 
 
@@ -412,7 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with terminate_as_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
+        check_values(args)
         if args.command in ("compress", "finetune"):  # under torchrun: join the other ranks
             args.device = parallel.init_from_env(args.device)
         return COMMANDS[args.command][2](args)
@@ -421,11 +432,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"convslim: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (``terminate_as_interrupt``): the same clean-up
         if args.debug:
             raise
-        print("convslim: interrupted; nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        said = "interrupted" if signal_name(exc) == "SIGINT" else f"stopped by {signal_name(exc)}"
+        print(f"convslim: {said}; nothing was written", file=sys.stderr)
+        return exit_code(exc)
     finally:
         parallel.shutdown()
 

@@ -1,7 +1,10 @@
 """Output folders that appear whole or not at all.
 
 Everything is written into a hidden staging folder beside the target, which is renamed into place at the end;
-on any error the staging folder is removed, so a failed run leaves nothing behind.
+on any error the staging folder is removed, so a failed run leaves nothing behind. A target that is a mount point
+(a container's volume, say) cannot be renamed onto: the staging folder goes inside it and, at the end, its files
+are moved in one by one (renames within one file system), ``report.json`` last, undone if a move fails. Ctrl-C
+and SIGTERM are held back while the renames run.
 
 Example:
     >>> check_output_dir("out", inputs=["model.th"], overwrite=False)
@@ -12,12 +15,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from convslim.core.signals import signals_held
 from convslim.errors import UsageError
 
 API_WORDS = ("out_dir", "overwrite=True")
@@ -47,8 +52,13 @@ def check_output_dir(
     existing = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if existing and not overwrite:
         raise UsageError(f"{flag} {out_dir} already has files; choose a new folder or pass {override}")
-    _check_writable(out.parent, flag, out_dir)
+    _check_writable(out if _written_inside(out) else out.parent, flag, out_dir)
     return existing
+
+
+def _written_inside(out: Path) -> bool:
+    """Whether ``out`` is an existing folder that cannot be renamed onto (a mount point): written into instead."""
+    return out.is_dir() and os.path.ismount(out)
 
 
 def check_output_file(path: str | Path, overwrite: bool = False, words: tuple[str, str] = API_WORDS) -> None:
@@ -80,12 +90,15 @@ def _check_writable(folder: Path, flag: str, out_dir) -> None:
 def staged_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a staging folder; on success it becomes ``out_dir`` (replacing it only when ``overwrite``)."""
     out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    inside = _written_inside(out)
+    home = out if inside else out.parent
+    home.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=home))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new folder
     try:
         yield staging
-        _promote(staging, out, overwrite)
+        with signals_held():  # a signal between two renames would leave half a folder
+            (_move_in if inside else _promote)(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -103,10 +116,46 @@ def _promote(staging: Path, out: Path, overwrite: bool) -> None:
         if any(out.iterdir()) and not overwrite:
             raise UsageError(f"{out} gained files while convslim worked; nothing was written")
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
+        try:
+            out.rename(old)
+        except OSError as exc:  # a mount point ``ismount`` missed (a bind mount within one file system)
+            if exc.errno != errno.EBUSY:
+                raise
+            inside = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out))
+            for item in staging.iterdir():
+                shutil.move(item, inside / item.name)
+            staging.rmdir()
+            _move_in(inside, out, overwrite)
+            return
     staging.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _move_in(staging: Path, out: Path, overwrite: bool) -> None:
+    """Move ``staging``'s entries (a folder inside ``out``) into ``out``, ``report.json`` last (a folder holding it
+    is complete); what ``out`` held goes only with ``overwrite`` and only once the new entries are in. A failed
+    move is undone: the new entries go back, the old ones return."""
+    old_entries = [p for p in out.iterdir() if p != staging]
+    if old_entries and not overwrite:
+        raise UsageError(f"{out} gained files while convslim worked; nothing was written")
+    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out))
+    for entry in old_entries:
+        entry.rename(trash / entry.name)
+    moved: list[str] = []
+    try:
+        for item in sorted(staging.iterdir(), key=lambda p: (p.name == "report.json", p.name)):
+            item.rename(out / item.name)
+            moved.append(item.name)
+    except BaseException:
+        for name in moved:
+            (out / name).rename(staging / name)
+        for entry in trash.iterdir():
+            entry.rename(out / entry.name)
+        trash.rmdir()
+        raise
+    staging.rmdir()
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

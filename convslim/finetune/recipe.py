@@ -105,6 +105,7 @@ def run(prepared: Prepared, compressed: nn.Module, plan: Plan, train, val, s: Fi
         accuracy["stage1"] = score(student)
         # only a validation score can show stage 2 did worse, so only then is the stage-1 state worth keeping
         after_stage1 = copy.deepcopy(student.state_dict()) if accuracy["stage1"] is not None else None
+        stop.stage = "stage 2"
         stage2 = _stage2(stage, heads)
         report.update(stage2.report)
         if stage2.best is not None:
@@ -118,7 +119,8 @@ def run(prepared: Prepared, compressed: nn.Module, plan: Plan, train, val, s: Fi
             report["kept"] = "stage1"
         report["interrupted"] = stop.requested
         report["stopped_by"] = stop.signal_name
-        report["progress"] = _progress(len(rows) if s.reconstruct else None, len(names), report, s)
+        refit = len(rows) if s.reconstruct else None
+        report["progress"] = _progress(refit, len(names), report, s, stop.stopped_in)
     report["accuracy"] = accuracy
     report["wall_time_s"] = round(time.perf_counter() - start, 1)
     report["saturation"] = saturation(report.get("stage2_distill") or {})
@@ -189,13 +191,16 @@ def _settings(s: FinetuneSettings) -> dict:
     return out
 
 
-def _progress(refit: int | None, layers: int, report: dict, s: FinetuneSettings) -> str:
+def _progress(refit: int | None, layers: int, report: dict, s: FinetuneSettings, stopped_in=None) -> str:
     """How far the fine-tune got, e.g. "stage 1: 8 of 19 layers refit; stage 2: 0 of 1000 steps" (``refit``
-    None: stage 1 skipped)."""
+    None: stage 1 skipped); stopped by a signal in stage 2, that stage first: "stage 2: 2 of 1000 steps (after
+    stage 1: 19 of 19 layers refit)"."""
     steps = sum((report.get(k) or {}).get("steps", 0) for k in ("stage2_blocks", "stage2_distill"))
     planned = s.steps or (None if s.minutes else DEFAULT_STEPS)
     of = f"{steps} of {planned} steps" if planned else f"{steps} steps (budget {s.minutes:g} min)"
     first = "stage 1: skipped" if refit is None else f"stage 1: {refit} of {layers} layers refit"
+    if stopped_in == "stage 2":
+        return f"stage 2: {of} (after {first})"
     return f"{first}; stage 2: {of}"
 
 

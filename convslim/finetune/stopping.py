@@ -2,7 +2,8 @@
 
 ``interruptible()`` swaps in signal handlers that only set a flag; the training loops poll ``stop.requested``
 between steps and return the best weights so far, so the caller still exports and writes the report (marked
-interrupted). A second Ctrl-C raises ``KeyboardInterrupt`` as usual (the way out of a stuck run). The old
+interrupted). A second signal (Ctrl-C or SIGTERM) raises ``core.signals.Interrupted``, a ``KeyboardInterrupt``
+(the way out of a stuck run). The old
 handlers come back on exit. Off the main thread signals cannot be caught, so there it is a no-op.
 
 Example:
@@ -21,11 +22,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from convslim.core.signals import Interrupted
+
 
 @dataclass
 class StopFlag:
     requested: bool = False
     signal_name: str | None = None
+    stage: str = "stage 1"  # where the fine-tune is now (the recipe moves it on)
+    stopped_in: str | None = None  # the stage the first signal arrived in
 
 
 @contextlib.contextmanager
@@ -36,13 +41,14 @@ def interruptible() -> Iterator[StopFlag]:
         return
 
     def handler(signum, frame):
-        if flag.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if flag.requested:  # a second signal, either kind: abort, as Ctrl-C does outside fine-tuning
+            raise Interrupted(signal.Signals(signum).name)
         flag.requested = True
         flag.signal_name = signal.Signals(signum).name
+        flag.stopped_in = flag.stage
         print(
             f"\nconvslim: {flag.signal_name} received: stopping the fine-tune; the best weights so far are being "
-            "exported and written (press Ctrl-C again to abort without writing)",
+            "exported and written (press Ctrl-C or send SIGTERM again to abort without writing)",
             file=sys.stderr,
             flush=True,
         )

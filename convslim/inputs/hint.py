@@ -2,7 +2,7 @@
 
 Many models only run at one resolution: a classifier whose fc takes a flattened fixed-size map, a segmentation
 net with fixed-size pooling. When the first try fails we look for a size the model declares (an attribute
-``input_size``/``input_shape``/``image_size``/``img_size``, or timm's ``default_cfg``/``pretrained_cfg``
+``input_size``/``input_shape``/``image_size``/``img_size``, pytorchcv's ``in_size``, or timm's ``default_cfg``/``pretrained_cfg``
 ``["input_size"]``) and check it; without one, we try a few common square sizes (a bounded number of forward
 passes at batch 1) and name the first that runs.
 
@@ -18,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-SIZE_ATTRS = ("input_size", "input_shape", "image_size", "img_size")
+SIZE_ATTRS = ("input_size", "input_shape", "image_size", "img_size", "in_size")  # in_size: pytorchcv
 CONFIG_ATTRS = ("default_cfg", "pretrained_cfg")
 COMMON_SIDES = (32, 64, 96, 112, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
 PROBE_SECONDS = 10.0

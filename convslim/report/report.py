@@ -155,10 +155,7 @@ class Report:
             parts = [f"batch {b}: {v['speedup']:.2f}x" for b, v in per_batch.items()]
             lines.append(f"  {provider} speedup vs BN-folded original: " + ", ".join(parts))
         lines.extend(deploy_lines(self.deploy))
-        if self.planning:
-            lines.append("  " + self.planning_line())
-            if self.planning.get("verdict"):
-                lines.append(f"  {self.planning['verdict']}")
+        lines.extend(self.planning_lines())
         if self.finetune:
             lines.append(
                 "  fine-tuning: " + ", ".join(f"{k} {v}" for k, v in self.finetune.get("summary", {}).items())
@@ -200,6 +197,27 @@ class Report:
         entries = self.latency_tables().get(provider, {}).items()
         return {b: e["speedup"] for b, e in entries if isinstance(e, dict) and "speedup" in e}
 
+    def planning_lines(self) -> list[str]:
+        """The plan's line, its verdict, and a warning for each other timed batch that misses a target speedup
+        by more than ``BATCH_SHORTFALL`` (the plan was measured at one batch; the user may ship another)."""
+        if not self.planning:
+            return []
+        lines = ["  " + self.planning_line()]
+        if self.planning.get("verdict"):
+            lines.append(f"  {self.planning['verdict']}")
+        target, planned = (
+            (self.planning.get("budget") or {}).get("target_speedup"),
+            self.planning.get("batch"),
+        )
+        for batch, speedup in self.speedups().items() if target else ():
+            if batch != str(planned) and speedup < (1 - BATCH_SHORTFALL) * target:
+                lines.append(
+                    f"  WARNING: at batch {batch} the model measured {speedup:.2f}x, more than "
+                    f"{BATCH_SHORTFALL:.0%} short of the {target:g}x target, which was planned at batch {planned}; "
+                    f"if you deploy at batch {batch}, plan there: --plan-batch {batch}"
+                )
+        return lines
+
     def planning_line(self) -> str:
         p = self.planning
         budget = ", ".join(f"{k} {v}" for k, v in p.get("budget", {}).items())
@@ -219,6 +237,7 @@ class Report:
 
 
 AGREEMENT_FLOOR = 0.9  # below this top-1 agreement or cosine, the summary warns
+BATCH_SHORTFALL = 0.1  # another timed batch this far below the target speedup gets a warning
 
 
 def agrees(closeness: dict[str, Any]) -> bool:

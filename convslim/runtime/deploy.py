@@ -20,8 +20,8 @@ import onnx
 
 from convslim.core.samples import MEANINGFUL_SCORE, SESSION_BATCH
 from convslim.errors import UsageError
-from convslim.runtime.export import ExportSettings
-from convslim.runtime.int8 import Calibration, Int8Settings
+from convslim.runtime.export import ExportSettings, export_bytes
+from convslim.runtime.int8 import Calibration, Int8Settings, check_exclusions, matching
 from convslim.runtime.int8_speed import NodeSpeeds
 from convslim.runtime.measure import NOISY_SPREAD, NOISY_WARNING, measure_models
 from convslim.runtime.sessions import run_batched
@@ -67,15 +67,37 @@ class DeploySettings:
         return target
 
 
+def check_exclusions_early(settings: DeploySettings, onnx_files: list[Path], compressed: tuple = ()) -> None:
+    """Before fine-tuning: every ``--int8-exclude`` entry names a node, op type or kind of the ONNX models in
+    ``onnx_files`` (those that exist) or, when they do not settle it, of ``compressed`` = (model, example inputs)
+    as exported now (fine-tuning changes weights, not nodes). Nothing to check off int8 targets or without
+    entries."""
+    exclude = (settings.int8 or Int8Settings()).exclude
+    if not exclude or settings.target().precision != "int8":
+        return
+    graphs = [onnx.load(str(path)) for path in onnx_files if Path(path).is_file()]
+    settled = lambda: all(any(matching((e,), g) for g in graphs) for e in exclude)  # noqa: E731
+    if compressed and not settled():
+        graphs.append(onnx.load_from_string(export_bytes(*compressed, settings.export)))
+    if graphs:
+        check_exclusions(exclude, graphs)
+
+
 def deploy_models(folder: Path, settings: DeploySettings) -> tuple[dict[str, Path], dict]:
     """The fp32 pair already exported in ``folder`` plus, for an int8 target, both quantized (and checked)."""
     target = settings.target()
     models = {name: folder / FILES[name] for name in ("original_fp32", "compressed_fp32")}
     info: dict = {}
     if target.precision == "int8":
+        int8 = settings.int8 or Int8Settings()
+        graphs = {kind: onnx.load(str(models[f"{kind}_fp32"])) for kind in ("original", "compressed")}
+        check_exclusions(int8.exclude, list(graphs.values()))
         for kind in ("original", "compressed"):
-            deployed = target.deploy(
-                models[f"{kind}_fp32"], folder / FILES[f"{kind}_int8"], settings.calibration
+            own = replace(int8, exclude=matching(int8.exclude, graphs[kind]))  # each model its own nodes
+            deployed = (
+                replace(settings, int8=own)
+                .target()
+                .deploy(models[f"{kind}_fp32"], folder / FILES[f"{kind}_int8"], settings.calibration)
             )
             onnx.checker.check_model(onnx.load(str(deployed.path)))
             models[f"{kind}_int8"] = deployed.path

@@ -179,6 +179,29 @@ def user_exclusions(
     return found
 
 
+def matching(exclude: tuple[str, ...], model: onnx.ModelProto) -> tuple[str, ...]:
+    """The entries of ``exclude`` that name a node, op type or kind of ``model`` (an entry may name a node of
+    only one of the original and the compressed model: each is quantized with its own)."""
+    kinds = node_kinds(model)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    return tuple(e for e in exclude if any(e in (n, op) or kinds.get(n) == e for n, op in ops.items()))
+
+
+def check_exclusions(exclude: tuple[str, ...], models: list[onnx.ModelProto]) -> None:
+    """Every ``--int8-exclude`` entry names a node, op type or kind of at least one of ``models``, else a
+    ``UsageError`` listing what they hold (checked before fine-tuning, on the models as first exported)."""
+    found = {e for model in models for e in matching(exclude, model)}
+    missing = [e for e in exclude if e not in found]
+    if not missing:
+        return
+    kinds = sorted({k for model in models for k in node_kinds(model).values()})
+    ops = sorted({n.op_type for model in models for n in model.graph.node})
+    raise UsageError(
+        f"--int8-exclude {missing[0]}: no node, op type or kind of that name in the original or the compressed "
+        f"model; kinds: {', '.join(kinds) or 'none'}; op types: {', '.join(ops)}"
+    )
+
+
 def scores(fp32_session, int8_session, calibration: Calibration) -> dict:
     """Top-1 of both with labels, else top-1 agreement of int8 with fp32; ``drop`` is what int8 loses."""
     from convslim.runtime.sessions import run_batched

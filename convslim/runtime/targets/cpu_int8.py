@@ -8,11 +8,12 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import onnx
 import torch
 
 from convslim.core.seeded import normal
 from convslim.errors import UsageError
-from convslim.runtime.int8 import Calibration, Int8Settings, quantize
+from convslim.runtime.int8 import Calibration, Int8Settings, matching, quantize
 from convslim.runtime.int8_speed import NodeSpeeds
 from convslim.runtime.targets.base import Deployed, Target
 from convslim.runtime.targets.registry import register_target
@@ -58,8 +59,9 @@ class CpuInt8(Target):
             src.write_bytes(fp32_model)
             if calibration is None:
                 calibration = Calibration(_random_like(self.session(fp32_model)))
-            if as_shipped:
-                settings = replace(self.settings, auto_exclude=False)
+            if as_shipped:  # the user's exclusions that name something of this model (a round's plan may not)
+                own = matching(self.settings.exclude, onnx.load_from_string(fp32_model))
+                settings = replace(self.settings, auto_exclude=False, exclude=own)
             else:
                 settings = replace(self.settings, auto_exclude=False, speed_check=False, exclude=())
             quantize(src, dst, calibration, settings, self.session, self.speeds)
