@@ -54,8 +54,53 @@ class Nested(nn.Module):
         return self.block_extra(self.block(torch.relu(self.stem(x)))).mean((2, 3))
 
 
+class Three(Small):
+    """``Small`` and one more conv of the same shape: a plan for either does not fit the other."""
+
+    def __init__(self, width: int = 8):
+        super().__init__(width)
+        self.conv3 = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+class LogOut(Small):
+    """Logits through a log: NaN for every negative logit, in PyTorch and ONNX alike."""
+
+    def forward(self, x):
+        return torch.log(super().forward(x))
+
+
+class InSize(nn.Module):
+    """Runs only at its declared pytorchcv-style ``in_size`` (40×40: no common size a probe would try)."""
+
+    in_size = (40, 40)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 40 * 40, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
 def small(width: int = 8) -> Small:
     return Small(width)
+
+
+def three() -> Three:
+    return Three()
+
+
+def log_out() -> LogOut:
+    return LogOut()
+
+
+def in_size() -> InSize:
+    return InSize()
 
 
 def broken() -> Small:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-import onnx
-
 from convslim.cli.args import budget_options, form_options, recipe_settings, runtime_name
 from convslim.errors import UsageError
 
@@ -64,6 +62,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def _check_runtime(args: argparse.Namespace, input_shape: tuple[int, ...]) -> None:
+    from convslim.runtime.export import check_opset
+
     if not hasattr(args, "runtime"):
         return
     runtime = runtime_name(args)
@@ -73,9 +73,7 @@ def _check_runtime(args: argparse.Namespace, input_shape: tuple[int, ...]) -> No
         raise UsageError(
             "--int8-exclude takes a node name, an op type (Conv, Gemm) or a kind ('depthwise conv')"
         )
-    opset = getattr(args, "opset", None)
-    if opset is not None and not 7 <= opset <= onnx.defs.onnx_opset_version():
-        raise UsageError(f"--opset {opset}: ONNX opsets run from 7 to {onnx.defs.onnx_opset_version()} here")
+    check_opset(getattr(args, "opset", None))
     batch = getattr(args, "plan_batch", None)
     if getattr(args, "static_shape", False) and batch is not None and batch != input_shape[0]:
         raise UsageError(

@@ -175,6 +175,11 @@ class Form:
             raise PlanError(f"{where}: {problem}")
         return clean
 
+    def as_built(self, site: ConvSite, setting: dict[str, Any]) -> dict[str, Any]:
+        """``setting`` as ``convert`` builds it for this conv (e.g. a rank above the conv's maximum is built at the
+        maximum), so that a plan records, and the report costs, what was built. Default: as given."""
+        return setting
+
     def setting_problem(self, site: ConvSite, setting: dict[str, Any]) -> str | None:
         """What is wrong with a (type-checked) setting for this particular conv, e.g. channel indices out of
         range, or None. Forms whose settings name channels override it."""

@@ -207,6 +207,13 @@ class DwsepForm(Form):
             return "1x1 kernel: already pointwise, nothing to separate"
         return self.no_saving_reason(site, setting, f"rank {setting['rank']}")
 
+    def as_built(self, site: ConvSite, setting: dict[str, Any]) -> dict[str, Any]:
+        out_ch, _, kh, kw = site.conv.weight.shape
+        return {
+            **setting,
+            "rank": min(setting["rank"], out_ch // site.conv.groups, kh * kw),
+        }  # as convert_dwsep
+
     def cost(self, site: ConvSite, setting: dict[str, Any]) -> Cost:
         conv = site.conv
         out_ch, _, kh, kw = conv.weight.shape

@@ -186,6 +186,9 @@ class SpatialForm(Form):
             return reason
         return self.no_saving_reason(site, setting, f"rank {setting['rank']}")
 
+    def as_built(self, site: ConvSite, setting: dict[str, Any]) -> dict[str, Any]:
+        return {**setting, "rank": max(1, min(setting["rank"], full_rank(site.conv)))}  # as convert_spatial
+
     def cost(self, site: ConvSite, setting: dict[str, Any]) -> Cost:
         conv = site.conv
         out_ch, in_per_group, kh, kw = conv.weight.shape

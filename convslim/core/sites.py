@@ -44,11 +44,14 @@ class ConvSite:
         return sum(out[-1] * out[-2] for _, out in self.calls if len(out) >= 2)
 
 
+NO_SAVING = "no saving at"  # how every such skip reason starts (a plan file may still force the rewrite)
+
+
 def no_saving_reason(dense: Cost, rewritten: Cost, at: str) -> str | None:
     """The skip reason when ``rewritten`` would not cost fewer MACs than ``dense`` (``at`` names the setting,
     e.g. "rank 3"), else None."""
     if rewritten.macs >= dense.macs:
-        return f"no saving at {at}: {rewritten.macs:,} MACs vs {dense.macs:,} dense"
+        return f"{NO_SAVING} {at}: {rewritten.macs:,} MACs vs {dense.macs:,} dense"
     return None
 
 

@@ -21,14 +21,20 @@ from convslim.errors import UsageError
 
 
 def decide(
-    site: ConvSite, form_name: str | None, setting: dict[str, Any], reason: str | None = None
+    site: ConvSite,
+    form_name: str | None,
+    setting: dict[str, Any],
+    reason: str | None = None,
+    *,
+    forced: bool = False,
 ) -> LayerDecision:
-    """Build the decision for one site: ask the form whether it supports the conv, and cost both sides."""
+    """Build the decision for one site: ask the form whether it supports the conv (not when ``forced``: a plan
+    file may ask for a rewrite that saves nothing), and cost both sides."""
     before = dense_cost(site)
     after = before
     if form_name is not None and reason is None:
         form = get_form(form_name)
-        reason = form.supports(site, setting)
+        reason = None if forced else form.supports(site, setting)
         if reason is None:
             after = form.cost(site, setting)
     chosen = form_name if reason is None else None

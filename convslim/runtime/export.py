@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import re
 import tempfile
 import warnings
@@ -223,12 +224,33 @@ def _quiet_exporter():
             warnings.catch_warnings(),
             contextlib.redirect_stdout(io.StringIO()),
             contextlib.redirect_stderr(io.StringIO()),
+            _torch_cache_in_scratch(),
         ):
             warnings.simplefilter("ignore")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
+_USERS_CACHE = os.environ.get(CACHE_VARIABLE)  # as the user started the process (torch sets it on first use)
+
+
+@contextlib.contextmanager
+def _torch_cache_in_scratch():
+    """torch.export makes TorchInductor's cache folder ($TMPDIR/torchinductor_$USER) on first use and leaves it
+    there; export uses nothing in it. Unless the user chose a folder (``TORCHINDUCTOR_CACHE_DIR``), it goes into a
+    temporary folder removed afterwards, so a run leaves nothing in $TMPDIR."""
+    if _USERS_CACHE is not None:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="convslim-torch-cache-") as scratch:
+        os.environ[CACHE_VARIABLE] = scratch
+        try:
+            yield
+        finally:
+            os.environ.pop(CACHE_VARIABLE, None)
 
 
 def _first_line(exc: Exception) -> str:

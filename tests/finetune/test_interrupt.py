@@ -39,6 +39,7 @@ def test_interrupt_writes_best_model(tiny, tiny_data, tmp_path, sig):
     ft = result.report.finetune
     assert ft["interrupted"] is True and ft["stopped_by"] == signal.Signals(sig).name
     assert ft["stage2_distill"]["steps"] < 100
+    assert ft["progress"].startswith("stage 2: ")  # the stage the signal stopped comes first (issue 27)
     assert result.report.passed
     saved = json.loads((out / "report.json").read_text())
     assert saved["finetune"]["interrupted"] is True
