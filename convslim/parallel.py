@@ -142,15 +142,6 @@ def agree(stop, budget=None) -> None:
         budget.shared_elapsed = float(both[1])
 
 
-def gather_objects(value) -> list:
-    """Every rank's ``value``, in rank order, on every rank (``[value]`` alone)."""
-    if not active():
-        return [value]
-    out = [None] * world()
-    dist.all_gather_object(out, value)
-    return out
-
-
 def broadcast_object(value):
     """Rank 0's ``value`` on every rank."""
     if not active():
@@ -158,6 +149,15 @@ def broadcast_object(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_objects(value) -> list:
+    """Every rank's ``value`` (picklable; tensors on the CPU), in rank order, on every rank; alone ``[value]``."""
+    if not active():
+        return [value]
+    out = [None] * world()
+    dist.all_gather_object(out, value)
+    return out
 
 
 class _GlobalBatchNormFn(torch.autograd.Function):

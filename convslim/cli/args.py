@@ -105,7 +105,11 @@ def form_options(args: argparse.Namespace) -> dict:
 
 def add_finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and fine-tuning (fine-tunes when --data is given)")
-    g.add_argument("--data", help="training data: image folder (class sub-folders), .npz (x, y) or .pt")
+    g.add_argument(
+        "--data",
+        help="training data: image folder (class sub-folders), .npz (x, y) or .pt; or synthetic[:N] to fine-tune "
+        "without data, on N images made from the model's BatchNorm statistics (default N 1024)",
+    )
     g.add_argument("--val-data", help="validation data (same kinds): top-1, or agreement with the original")
     g.add_argument(
         "--val-split",
@@ -161,13 +165,20 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
 
 def data_sets(args: argparse.Namespace, model, inputs) -> dict:
     """The data flags given (--data, --val-data, --calib-data), loaded and checked against the model's inputs
-    and classes (``convslim.inputs.data.load_sets``)."""
+    and classes (``convslim.inputs.data.load_sets``); ``--data synthetic[:N]`` makes N images from the model
+    (``convslim.inputs.synthetic``), within its share of --finetune-minutes."""
     from convslim.inputs.data import Preprocess, load_sets, parse_floats, parse_size
+    from convslim.inputs.synthetic import parse_synthetic
 
     calib = getattr(args, "calib_data", None)
+    count = parse_synthetic(args.data)
     if args.val_data and not (args.data or calib):
         raise UsageError("--val-data needs --data (the training data) or --calib-data as well")
-    files = {"--data": args.data, "--val-data": args.val_data, "--calib-data": calib}
+    files = {
+        "--data": None if count is not None else args.data,
+        "--val-data": args.val_data,
+        "--calib-data": calib,
+    }
     preprocess = Preprocess(
         parse_size(args.resize), parse_floats(args.mean, "--mean"), parse_floats(args.std, "--std")
     )
@@ -175,6 +186,8 @@ def data_sets(args: argparse.Namespace, model, inputs) -> dict:
     for flag, data in sets.items():
         if data.skipped:
             print(f"convslim: {flag}: skipped {data.skipped} unreadable image(s)", file=sys.stderr)
+    if count is not None:
+        sets["--data"] = _synthetic(args, model, inputs, count)
     return sets
 
 
@@ -185,17 +198,38 @@ def held_out(args: argparse.Namespace) -> HeldOut:
     return HeldOut(HeldOut().fraction if args.val_split is None else args.val_split, args.seed)
 
 
+def _synthetic(args: argparse.Namespace, model, inputs, count: int):
+    from convslim import parallel
+    from convslim.finetune.datafree import generation_settings
+    from convslim.finetune.hook import check_finetunable
+    from convslim.inputs.synthetic import synthesize
+
+    check_finetunable(model, inputs)
+    settings = generation_settings(count, args.finetune_minutes, seed=args.seed, progress=not args.quiet)
+    made = synthesize(model, inputs, settings)
+    if parallel.is_main():
+        print(f"convslim: no training data: {made.record.describe()}", file=sys.stderr)
+    return made
+
+
 def finetune_inputs(args: argparse.Namespace, model, inputs, sets: dict):
     """(hook, calibration batch) from the loaded data (``convslim.finetune.from_data``), or (None, None) without
     --data. The hook trains on --data less its held-out share and scores on --val-data or that share; the
-    calibration batch is the first images of --data, as without a split."""
-    from convslim.finetune.hook import first_inputs, from_data
+    calibration batch is the first images of --data, as without a split. On synthetic --data the --calib-data
+    images, when given, join the synthetic ones (``convslim.finetune.from_synthetic``)."""
+    from convslim.finetune import from_data, from_synthetic
+    from convslim.finetune.hook import first_inputs
+    from convslim.inputs.synthetic import SyntheticData
 
     if "--data" not in sets:
         return None, None
     settings = recipe_settings(args) | {"steps": args.finetune_steps, "minutes": args.finetune_minutes}
     settings.update(augment=not args.no_augment, seed=args.seed, device=args.device, progress=not args.quiet)
-    loaded = from_data(model, inputs, training_set(sets), scored_set(sets), **settings)
+    train = training_set(sets)
+    if isinstance(train, SyntheticData):  # nothing is held out of made images
+        loaded = from_synthetic(model, inputs, train, sets.get("--calib-data"), scored_set(sets), **settings)
+        return loaded.hook, loaded.calibration
+    loaded = from_data(model, inputs, train, scored_set(sets), **settings)
     return loaded.hook, first_inputs(sets["--data"], args.device)
 
 

@@ -4,6 +4,7 @@
   end-to-end distillation (``distill``) with BatchNorms that fold back (``affine``), keeping the best weights.
 - ``hook``: ``finetune(data, val)`` (the ``compress(finetune=)`` hook), ``from_files`` (data from disk) and
   ``from_data`` (data loaded already: the CLI).
+- ``datafree``: ``from_synthetic`` (no data: images made from the model's BatchNorm statistics).
 - ``settings``: ``FinetuneSettings``; ``feed``: batches, augmentation, scoring; ``stopping``: the step/time
   budget and Ctrl-C.
 
@@ -14,6 +15,7 @@ Example:
     >>> result.report.finetune["accuracy"]
 """
 
+from convslim.finetune.datafree import DataFreeHook, from_synthetic, generation_settings
 from convslim.finetune.hook import (
     FinetuneData,
     FinetuneHook,
@@ -27,6 +29,7 @@ from convslim.finetune.settings import DEFAULT_STEPS, FinetuneSettings
 
 __all__ = [
     "DEFAULT_STEPS",
+    "DataFreeHook",
     "FinetuneData",
     "FinetuneHook",
     "FinetuneSettings",
@@ -34,5 +37,7 @@ __all__ = [
     "finetune",
     "from_data",
     "from_files",
+    "from_synthetic",
+    "generation_settings",
     "run",
 ]

@@ -1,5 +1,6 @@
 """What goes in: the model (``loading``: state_dict + class, torch.export .pt2, trusted pickle), the user's data
-(``data``: image folders, .npz, .pt, checked against the model) and a guess at the input size (``hint``).
+(``data``: image folders, .npz, .pt, checked against the model), or images made from the model's own BatchNorm
+statistics when there is no data (``synthetic``), and a guess at the input size (``hint``).
 
 Example:
     >>> from convslim.inputs import load_model, parse_input_shapes
@@ -10,13 +11,18 @@ Example:
 from convslim.inputs.data import ArrayData, load_data, load_for_model
 from convslim.inputs.hint import input_size_hint
 from convslim.inputs.loading import check_finite, load_model, parse_input_shapes
+from convslim.inputs.synthetic import SynthesisSettings, SyntheticData, parse_synthetic, synthesize
 
 __all__ = [
     "ArrayData",
+    "SynthesisSettings",
+    "SyntheticData",
     "check_finite",
     "input_size_hint",
     "load_data",
     "load_for_model",
     "load_model",
     "parse_input_shapes",
+    "parse_synthetic",
+    "synthesize",
 ]

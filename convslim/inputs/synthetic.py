@@ -1,0 +1,281 @@
+r"""Inputs synthesised from the model itself, for fine-tuning without data (``--data synthetic:N``).
+
+A trained network's BatchNorm layers remember the mean μ_l and variance σ²_l of what they saw in training, per
+channel. Starting from seeded Gaussian noise x (already in the model's input space, i.e. normalised as the model
+expects), Adam optimises the *inputs* so that the batch statistics of every BatchNorm's input match them
+(ZeroQ, Cai et al. 2020):
+
+    L_BN(x) = Σ_l ‖μ̂_l(x) − μ_l‖₂ + ‖σ̂²_l(x) − σ²_l‖₂,     μ̂_l, σ̂²_l over (batch, H, W) of BN l's input
+
+optionally plus DeepInversion's extras (Yin et al. 2020): the loss taken on a randomly shifted (``jitter``) and
+flipped (``flip``) view of x, an image prior  w_tv · mean ‖∇x‖² (``prior_weight``), and a term for confident,
+class-balanced outputs  w_out · CE(f(x), y) with targets y cycling through the classes (``output_weight``).
+The statistics are read from the model given (the user's original, before convslim folds BatchNorm into the
+convs), through forward pre-hooks on a frozen copy in eval mode; the model itself is never changed.
+
+Images are optimised in batches of ``batch_size`` (batch statistics are what is matched), ``steps`` Adam steps
+each with a cosine learning rate. Batch k starts from a generator seeded by (seed, k), so each batch is the same
+whoever makes it: under torchrun rank r makes batches r, r + N, ... and every rank receives all of them, so the
+result does not depend on the number of ranks. With ``seconds`` the batches stop once another round would
+overrun it (on rank 0's clock), so fewer images may come back; ``record`` says how many and how long it took.
+
+Example:
+    >>> data = synthesize(model, (torch.randn(1, 3, 32, 32),), SynthesisSettings(count=512, steps=100))
+    >>> data.x.shape, data.record.seconds
+    (torch.Size([512, 3, 32, 32]), 41.2)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from convslim import parallel
+from convslim.errors import UsageError
+from convslim.inputs.data import ArrayData
+
+SYNTHETIC = "synthetic"
+DEFAULT_COUNT = 1024
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    count: int = DEFAULT_COUNT  # images to make
+    steps: int = 200  # Adam steps per batch
+    batch_size: int = 128  # images optimised together (their batch statistics are matched)
+    lr: float = 0.1
+    seed: int = 0
+    jitter: int = 0  # random shift of up to this many pixels per step (DeepInversion)
+    flip: bool = False  # random left-right flip per step
+    prior_weight: float = 0.0  # w_tv: smoothness prior on the image
+    output_weight: float = 0.0  # w_out: confident, class-balanced outputs
+    seconds: float | None = None  # stop making batches when another round would overrun this
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.count < 1:
+            raise UsageError(f"--data synthetic:N needs N ≥ 1 images, got {self.count}")
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise UsageError("synthesis steps, batch size and learning rate must be positive")
+        if self.jitter < 0 or self.prior_weight < 0 or self.output_weight < 0:
+            raise UsageError("synthesis jitter and loss weights must be ≥ 0")
+
+
+@dataclass(frozen=True)
+class SynthesisRecord:
+    """What ``synthesize`` made: images, time, the BN-statistics loss before and after (mean over batches)."""
+
+    images: int
+    asked: int
+    seconds: float
+    bn_loss_start: float
+    bn_loss_end: float
+    settings: dict = field(default_factory=dict)
+    ranks: int = 1
+
+    def describe(self) -> str:
+        """e.g. "1024 synthetic images made from the model's BatchNorm statistics in 83 s"."""
+        short = (
+            f" (of {self.asked} asked; the time share for making them ran out)"
+            if self.images < self.asked
+            else ""
+        )
+        return f"{self.images} synthetic images{short} made from the model's BatchNorm statistics in {self.seconds:.0f} s"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SyntheticData(ArrayData):
+    """``ArrayData`` (no labels) made by ``synthesize``; ``record`` says how."""
+
+    record: SynthesisRecord | None = None
+
+
+def parse_synthetic(text: str | None, flag: str = "--data") -> int | None:
+    """``"synthetic"`` → the default count, ``"synthetic:N"`` → N; anything else (a path) → None.
+
+    Example:
+        >>> parse_synthetic("synthetic:512"), parse_synthetic("train.npz")
+        (512, None)
+    """
+    if text is None or not str(text).startswith(SYNTHETIC):
+        return None
+    head, sep, count = str(text).partition(":")
+    if head != SYNTHETIC:
+        return None
+    if not sep:
+        return DEFAULT_COUNT
+    try:
+        n = int(count)
+    except ValueError:
+        raise UsageError(f"{flag} {text}: expected synthetic or synthetic:N with N a whole number") from None
+    if n < 1:
+        raise UsageError(f"{flag} {text}: N must be ≥ 1 synthetic images")
+    return n
+
+
+def image_shape(example_inputs) -> tuple[int, ...]:
+    """The model's one input, which must be an N×C×H×W image batch: synthesis makes images."""
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() != 4:
+        shapes = ", ".join("×".join(map(str, getattr(t, "shape", ()))) or "?" for t in inputs)
+        raise UsageError(
+            f"--data synthetic makes images, but the model takes {shapes} (one N×C×H×W input needed); give --data"
+        )
+    return tuple(inputs[0].shape[1:])
+
+
+def batchnorm_layers(model: nn.Module) -> list[str]:
+    """Names of the BatchNorm layers whose running statistics synthesis matches; none → a one-line UsageError."""
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    ]
+    if not names:
+        raise UsageError(
+            "--data synthetic matches the statistics of the model's BatchNorm layers, and this model has none "
+            "(with running statistics); give --data (a few hundred of your own images, labels not needed)"
+        )
+    return names
+
+
+class BatchNormProbe:
+    """Forward pre-hooks on ``model``'s BatchNorms; ``take()`` returns Σ_l L_BN,l of the forwards since the
+    last ``take`` (see module docstring)."""
+
+    def __init__(self, model: nn.Module):
+        self.terms: list[torch.Tensor] = []
+        self.handles = [
+            model.get_submodule(n).register_forward_pre_hook(self._hook) for n in batchnorm_layers(model)
+        ]
+
+    def _hook(self, bn: nn.Module, args) -> None:
+        x = args[0]
+        dims = [d for d in range(x.dim()) if d != 1]
+        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+        self.terms.append(
+            torch.linalg.vector_norm(mean - bn.running_mean) + torch.linalg.vector_norm(var - bn.running_var)
+        )
+
+    def take(self) -> torch.Tensor:
+        if not self.terms:
+            raise UsageError("--data synthetic: no BatchNorm layer ran on the model's input; give --data")
+        total, self.terms = torch.stack(self.terms).sum(), []
+        return total
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def synthesize(
+    model: nn.Module,
+    example_inputs,
+    settings: SynthesisSettings | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> SyntheticData:
+    """``settings.count`` images (fewer when ``settings.seconds`` runs out) that make ``model``'s BatchNorms see
+    their training statistics; see the module docstring. ``model`` is not changed."""
+    s = settings or SynthesisSettings()
+    s.check()
+    shape = image_shape(example_inputs)
+    net = _frozen_copy(model)
+    sizes = [min(s.batch_size, s.count - i) for i in range(0, s.count, s.batch_size)]
+    start, made, world = clock(), [], parallel.world()
+    probe = BatchNormProbe(net)
+    bar = tqdm(
+        total=len(sizes) * s.steps,
+        desc="synthesising inputs",
+        disable=not (s.progress and parallel.is_main()),
+    )
+    try:
+        for first in range(0, len(sizes), world):
+            k = first + parallel.rank()
+            mine = _make_batch(net, probe, (k, sizes[k]), shape, s, bar) if k < len(sizes) else None
+            made += [b for b in parallel.gather_objects(mine) if b is not None]
+            elapsed = parallel.broadcast_object(clock() - start)
+            if s.seconds is not None and elapsed * (1 + world / len(made)) > s.seconds:
+                break  # another round, as long as the ones so far on average, would overrun the cap
+    finally:
+        probe.close()
+        bar.close()
+    x = torch.cat([b["x"] for b in made])
+    record = SynthesisRecord(
+        len(x), s.count, round(clock() - start, 1), _mean(made, "start"), _mean(made, "end"),
+        {k: v for k, v in asdict(s).items() if k != "progress"}, world,
+    )  # fmt: skip
+    return SyntheticData(x, None, f"{SYNTHETIC}:{len(x)}", record=record)
+
+
+def _mean(batches: list[dict], key: str) -> float:
+    return round(sum(b[key] * len(b["x"]) for b in batches) / sum(len(b["x"]) for b in batches), 5)
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    net = copy.deepcopy(model).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.to(memory_format=torch.channels_last)  # 4-D inputs: faster convolutions on CPU
+
+
+def _device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+@torch.enable_grad()  # gradients to the inputs, also when called under no_grad
+def _make_batch(net: nn.Module, probe: BatchNormProbe, which: tuple[int, int], shape, s, bar) -> dict:
+    """Batch ``which = (index, size)``: seeded noise, then ``s.steps`` Adam steps on L (module docstring)."""
+    index, size = which
+    gen = torch.Generator().manual_seed(s.seed * 1_000_003 + index)
+    device = _device(net)
+    x = torch.randn((size, *shape), generator=gen).to(device).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    targets = (torch.arange(size) + index * s.batch_size).to(device)
+    opt = torch.optim.Adam([x], lr=s.lr, betas=(0.5, 0.9))
+    start = None
+    for step in range(s.steps):
+        for group in opt.param_groups:
+            group["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * step / s.steps))
+        bn_loss, loss = _loss(net, probe, _view(x, gen, s), targets, s)
+        start = float(bn_loss.detach()) if start is None else start
+        (grad,) = torch.autograd.grad(loss, x)
+        x.grad = grad
+        opt.step()
+        bar.update(1)
+    with torch.no_grad():
+        net(x)
+        end = float(probe.take())
+    return {"x": x.detach().contiguous().cpu(), "start": start, "end": end}
+
+
+def _view(x: torch.Tensor, gen: torch.Generator, s: SynthesisSettings) -> torch.Tensor:
+    """What the model sees this step: ``x`` shifted by up to ``s.jitter`` pixels and maybe flipped."""
+    if s.jitter:
+        dy, dx = (int(v) for v in torch.randint(-s.jitter, s.jitter + 1, (2,), generator=gen))
+        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    if s.flip and bool(torch.rand((), generator=gen) < 0.5):
+        x = x.flip(3)
+    return x
+
+
+def _loss(net, probe, view, targets, s) -> tuple[torch.Tensor, torch.Tensor]:
+    out = net(view)
+    bn_loss = probe.take()
+    loss = bn_loss
+    if s.prior_weight:
+        dh, dw = view.diff(dim=2), view.diff(dim=3)
+        loss = loss + s.prior_weight * (dh.square().mean() + dw.square().mean())
+    if s.output_weight and isinstance(out, torch.Tensor) and out.dim() == 2:
+        loss = loss + s.output_weight * nn.functional.cross_entropy(out, targets % out.shape[1])
+    return bn_loss, loss
