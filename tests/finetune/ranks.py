@@ -20,6 +20,7 @@ from convslim import apply, compress, parallel, plan, prepare
 from convslim.finetune import finetune
 from convslim.finetune.reconstruct import reconstruct
 from convslim.inputs.data import ArrayData
+from convslim.inputs.synthetic import SynthesisSettings, synthesize
 
 EXAMPLE = (1, 3, 16, 16)
 
@@ -132,7 +133,15 @@ def sigterm(folder: Path, tag: str) -> None:
     torch.save({"report": result.report.finetune}, folder / f"sigterm-{tag}.pt")
 
 
-SCENARIOS = {"stage1": stage1, "sgd": sgd, "full": full, "sigterm": sigterm}
+def synthetic(folder: Path, tag: str) -> None:
+    """Images made from the model's BatchNorm statistics: 5 batches (8, 8, 8, 8, 4), so 2 ranks split them
+    unevenly (rank 0 makes 3, rank 1 makes 2)."""
+    settings = SynthesisSettings(count=36, batch_size=8, steps=6, progress=False)
+    made = synthesize(trained_tiny(), (torch.randn(EXAMPLE),), settings)
+    torch.save({"x": made.x, "record": made.record.to_dict()}, folder / f"synthetic-{tag}.pt")
+
+
+SCENARIOS = {"stage1": stage1, "sgd": sgd, "full": full, "sigterm": sigterm, "synthetic": synthetic}
 
 
 def worker(rank: int, world: int, port: int, folder: str, scenarios: list[str]) -> None:

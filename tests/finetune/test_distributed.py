@@ -62,7 +62,7 @@ def _spawn(folder: Path, scenarios: list[str], world: int = 2) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ranks")
-    _spawn(folder, ["stage1", "sgd", "full", "sigterm"])
+    _spawn(folder, ["stage1", "sgd", "full", "sigterm", "synthetic"])
     return folder
 
 
@@ -86,6 +86,17 @@ def test_stage1_same_for_one_and_two_ranks(two_ranks, tmp_path):
         for a, b in zip(split[form]["rows"], alone[form]["rows"], strict=True):
             assert a["method"] == b["method"]
             assert a["error_after"] == pytest.approx(b["error_after"], rel=1e-5)
+
+
+def test_synthetic_images_same_for_one_and_two_ranks(two_ranks, tmp_path):
+    """--data synthetic under torchrun: the ranks make disjoint batches (each seeded by its index) and share them,
+    so every rank holds the images one process makes, up to float noise."""
+    ranks.synthetic(tmp_path, "single")
+    alone, split = _load(tmp_path / "synthetic-single.pt"), _load(two_ranks / "synthetic-rank0.pt")
+    assert split["x"].shape == alone["x"].shape == (36, 3, 16, 16)
+    assert split["record"]["ranks"] == 2 and alone["record"]["ranks"] == 1
+    torch.testing.assert_close(split["x"], alone["x"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(split["x"], _load(two_ranks / "synthetic-rank1.pt")["x"])  # ranks agree exactly
 
 
 def test_two_ranks_half_batch_match_one_rank_full_batch(two_ranks, tmp_path):
