@@ -117,10 +117,11 @@ def compress(
     ``options`` (gathered into ``convslim.options.CompressOptions``) go to the form (``rank``, ``energy``, ...),
     except these. The option groups, as objects or their fields as plain keywords: ``budget``
     (``target_speedup``, ``target_macs``, ``max_error``, ``plan_batch``), ``checks`` (``verify``,
-    ``measure_speed``, ``batch_sizes``, ``tolerance``), ``output`` (``out_dir``, ``overwrite``). ``calibration``
-    is a batch of real inputs used in the parity checks. ``finetune(prepared, compressed, plan) -> (model,
-    report_dict)`` is called between rewriting and export when given. ``exclude`` keeps layers (and all under
-    them); ``progress`` shows progress bars. With ``out_dir``, ``model.onnx``, ``compressed.pt2``, ``plan.json``,
+    ``measure_speed``, ``batch_sizes``, ``tolerance``), ``output`` (``out_dir``, ``overwrite``, ``files``: more
+    files to write there, name → ``write(path)``). ``calibration`` is a batch of real inputs used in the parity
+    checks (and the planner's damage probes). ``finetune(prepared, compressed, plan) -> (model, report_dict)`` is
+    called between rewriting and export when given. ``exclude`` keeps layers (and all under them); ``progress``
+    shows progress bars. With ``out_dir``, ``model.onnx``, ``compressed.pt2``, ``plan.json``,
     ``compressed_state_dict.pt``, ``report.json`` and ``report.md`` appear there together or not at all.
     With ``to="auto"`` (or ``"a,b"``) and one of ``target_speedup``/``target_macs``/``max_error`` the budgeted
     planner picks per layer (measured at ``plan_batch``); the report then shows predicted vs measured speedup.
@@ -280,7 +281,8 @@ def _export_verify_write(stages: _Stages, compressed: nn.Module, opts: CompressO
     if opts.output.out_dir is None:
         return Report(**sections)
     out_dir = Path(opts.output.out_dir)
-    report = Report(**sections, outputs={name: str(out_dir / name) for name in output_names(verified)})
+    names = output_names(verified, opts.output.files)
+    report = Report(**sections, outputs={name: str(out_dir / name) for name in names})
     write_outputs(report, verified, compressed, stages.plan, opts.output)
     return report
 
@@ -294,7 +296,7 @@ FINETUNE_OUTPUT_OPTIONS = (
     "tolerance",
     "out_dir",
 )
-FINETUNE_OUTPUT_OPTIONS += ("overwrite", "calibration", "progress", "deploy")
+FINETUNE_OUTPUT_OPTIONS += ("overwrite", "files", "calibration", "progress", "deploy")
 
 
 def finetune_output(source: str | Path, model: nn.Module, example_inputs, finetune: Callable, **options):
@@ -303,8 +305,8 @@ def finetune_output(source: str | Path, model: nn.Module, example_inputs, finetu
 
     ``model`` is a fresh instance of the original architecture with its trained weights (the teacher); the
     hook comes from ``convslim.finetune.finetune(data, val_data, ...)``. ``options`` are ``compress``'s checks
-    (``verify``, ``measure_speed``, ``batch_sizes``, ``tolerance``), output (``out_dir``, ``overwrite``),
-    ``calibration``, ``progress`` and ``deploy``. With the same plan and seed this gives what
+    (``verify``, ``measure_speed``, ``batch_sizes``, ``tolerance``), output (``out_dir``, ``overwrite``,
+    ``files``), ``calibration``, ``progress`` and ``deploy``. With the same plan and seed this gives what
     ``compress(..., finetune=hook)`` gives in one call. Under torchrun every rank calls it; rank 0 writes.
 
     Example:

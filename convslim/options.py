@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -54,10 +54,12 @@ class Checks:
 
 @dataclass(frozen=True)
 class Output:
-    """The folder that receives the outputs (all or nothing); an existing non-empty one needs ``overwrite``."""
+    """The folder that receives the outputs (all or nothing); an existing non-empty one needs ``overwrite``.
+    ``files``: more files the caller asked for, file name → ``write(path)`` (e.g. the synthetic images)."""
 
     out_dir: str | Path | None = None
     overwrite: bool = False
+    files: Mapping[str, Callable[[Path], None]] = field(default_factory=dict)
 
 
 def gather(options: dict[str, Any], **groups: Any) -> tuple[Budget, Checks, Output, dict[str, Any]]:

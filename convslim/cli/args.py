@@ -233,6 +233,26 @@ def finetune_inputs(args: argparse.Namespace, model, inputs, sets: dict):
     return loaded.hook, first_inputs(sets["--data"], args.device)
 
 
+def add_save_synthetic_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--save-synthetic",
+        action="store_true",
+        help="with --data synthetic: also write the images to --out as synthetic.pt (reusable as --data)",
+    )
+
+
+def files_to_save(args: argparse.Namespace, sets: dict) -> dict:
+    """The extra output files asked for (``Output.files``): ``synthetic.pt`` with ``--save-synthetic``."""
+    from convslim.inputs.synthetic import SyntheticData
+
+    if not getattr(args, "save_synthetic", False):
+        return {}
+    made = sets.get("--data")
+    if not isinstance(made, SyntheticData):
+        raise UsageError("--save-synthetic saves the images --data synthetic makes; add --data synthetic[:N]")
+    return {"synthetic.pt": lambda path: torch.save({"x": made.x}, path)}
+
+
 RECIPE = ("batch_size", "lr", "weight_decay", "temperature", "ce_weight", "feature_weight")
 RECIPE += ("feature_fraction", "mixup", "calibration_samples", "optimizer", "sync_batchnorm")
 

@@ -27,9 +27,11 @@ from convslim.cli.args import (
     add_model_args,
     add_output_args,
     add_runtime_args,
+    add_save_synthetic_arg,
     budget_options,
     data_sets,
     deploy_settings,
+    files_to_save,
     finetune_inputs,
     form_options,
     load_model_and_inputs,
@@ -77,6 +79,7 @@ def _compress_args(c: argparse.ArgumentParser) -> None:
     add_output_args(c)
     add_check_args(c)
     add_finetune_args(c)
+    add_save_synthetic_arg(c)
     add_budget_args(c)
     add_runtime_args(c)
 
@@ -112,6 +115,7 @@ def _compress(args: argparse.Namespace) -> int:
         plan=args.plan,
         out_dir=args.out,
         overwrite=args.overwrite,
+        files=files_to_save(args, sets),
         measure_speed=not args.no_speed,
         batch_sizes=batch_sizes,
         tolerance=args.tolerance,
@@ -151,6 +155,7 @@ def _finetune_args(f: argparse.ArgumentParser) -> None:
     add_output_args(f)
     add_check_args(f)
     add_finetune_args(f)
+    add_save_synthetic_arg(f)
     add_runtime_args(f)
 
 
@@ -174,6 +179,7 @@ def _finetune(args: argparse.Namespace) -> int:
         hook,
         out_dir=args.out,
         overwrite=args.overwrite,
+        files=files_to_save(args, sets),
         measure_speed=not args.no_speed,
         batch_sizes=batch_sizes,
         tolerance=args.tolerance,

@@ -202,10 +202,17 @@ def _other_providers(models: dict, example, batch_sizes, deploy: DeploySettings)
     return speed
 
 
-def output_names(verified: Verified) -> list[str]:
-    """The files ``write_outputs`` puts in the output folder."""
+def output_names(verified: Verified, extra=()) -> list[str]:
+    """The files ``write_outputs`` puts in the output folder (``extra``: the caller's ``Output.files``)."""
     names = [p.name for p in verified.models.values()]
-    return names + ["compressed.pt2", "compressed_state_dict.pt", "plan.json", "report.json", "report.md"]
+    return names + [
+        "compressed.pt2",
+        "compressed_state_dict.pt",
+        "plan.json",
+        "report.json",
+        "report.md",
+        *extra,
+    ]
 
 
 def write_outputs(report: Report, verified: Verified, compressed: nn.Module, plan: Plan, output) -> None:
@@ -216,6 +223,8 @@ def write_outputs(report: Report, verified: Verified, compressed: nn.Module, pla
         torch.export.save(verified.program, str(staging / "compressed.pt2"))
         torch.save(compressed.state_dict(), staging / "compressed_state_dict.pt")
         (staging / "plan.json").write_text(plan.to_json())
+        for name, write in output.files.items():
+            write(staging / name)
         write_report(report, staging)
 
 

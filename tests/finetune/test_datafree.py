@@ -5,6 +5,7 @@ that no data was used, on how many images and how long making them took; what ca
 from __future__ import annotations
 
 import json
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ from torch import nn
 
 from convslim import compress
 from convslim.cli import main
+from convslim.cli.args import files_to_save
+from convslim.errors import UsageError
 from convslim.finetune import from_synthetic, generation_settings
-from convslim.inputs.data import ArrayData
+from convslim.inputs.data import ArrayData, load_data
 from convslim.inputs.synthetic import SynthesisRecord, SynthesisSettings, SyntheticData
 
 EXAMPLE = (torch.randn(ranks.EXAMPLE),)
@@ -87,7 +90,8 @@ def test_cli_compress_without_data(tmp_path, capsys, weights):
         "--finetune-steps",
         "2",
     ]
-    assert main([*argv, "--batch-size", "8", "--no-speed", "--quiet", "--out", str(out)]) == 0
+    argv += ["--batch-size", "8", "--save-synthetic", "--no-speed", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
     captured = capsys.readouterr()
     assert (
         "convslim: no training data: 16 synthetic images made from the model's BatchNorm statistics in"
@@ -97,8 +101,16 @@ def test_cli_compress_without_data(tmp_path, capsys, weights):
     report = json.loads((out / "report.json").read_text())
     assert report["finetune"]["data"]["images"] == 16
     assert {p.name for p in out.iterdir()} == {Path(p).name for p in report["outputs"].values()}
-    assert not any("synthetic" in p.name for p in out.iterdir())  # the images are not written unless asked
+    assert load_data(out / "synthetic.pt").x.shape == (16, 3, 16, 16)  # asked for: reusable as --data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.pt"]
+
+
+def test_images_are_written_only_when_asked(tiny):
+    made = made_already(seconds=1)
+    assert files_to_save(Namespace(save_synthetic=False), {"--data": made}) == {}
+    assert list(files_to_save(Namespace(save_synthetic=True), {"--data": made})) == ["synthetic.pt"]
+    with pytest.raises(UsageError, match="add --data synthetic"):
+        files_to_save(Namespace(save_synthetic=True), {"--data": ArrayData(made.x)})
 
 
 class MLP(nn.Module):
