@@ -79,7 +79,11 @@ def from_synthetic(
     train = mixed(synthetic, real)
     record = synthetic.record
     facts = {"kind": "synthetic", "images": record.images, "real_images": 0 if real is None else len(real)}
-    facts.update(generation_s=record.seconds, synthesis=record.to_dict(), summary=_summary(record, real))
+    described = record.describe() + (
+        f" and {len(real)} unlabeled images of {real.source}" if real is not None else ""
+    )
+    facts.update(generation_s=record.seconds, synthesis=record.to_dict(), described=described)
+    facts["summary"] = f"none — {described}"
     if settings.get("minutes"):
         left = max(settings["minutes"] - record.seconds / 60, MIN_FINETUNE_MINUTES)
         facts.update(budget_minutes=settings["minutes"], finetune_minutes=round(left, 3))
@@ -96,9 +100,3 @@ def mixed(synthetic: SyntheticData, real: ArrayData | None) -> ArrayData:
         return synthetic
     x = torch.cat([real.x.to(synthetic.x.dtype), synthetic.x])
     return ArrayData(x, None, f"{real.source} + {synthetic.source}")
-
-
-def _summary(record, real: ArrayData | None) -> str:
-    """e.g. "none — 1024 synthetic images made from ... in 83 s" (+ " and 64 unlabeled images of few/")."""
-    extra = f" and {len(real)} unlabeled images of {real.source}" if real is not None else ""
-    return f"none — {record.describe()}{extra}"

@@ -107,8 +107,14 @@ def _timings_markdown(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _finetune_markdown(finetune: dict[str, Any]) -> list[str]:
-    """Accuracy per stage and stage 1's per-layer errors (issue 5); empty when fine-tuning did not record them."""
-    out = []
+    """Accuracy per stage and stage 1's per-layer errors (issue 5); empty when fine-tuning did not record them.
+    A fine-tune without data says so first."""
+    data = finetune.get("data") or {}
+    out = (
+        ["", f"Fine-tuned **without training data**, on {data['described']}."]
+        if data.get("kind") == "synthetic"
+        else []
+    )
     accuracy = finetune.get("accuracy") or {}
     if accuracy.get("metric"):
         out += ["", f"### {accuracy['metric']} on the validation data", "", "| model | score |", "|---|---|"]

@@ -102,6 +102,10 @@ def test_cli_compress_without_data(tmp_path, capsys, weights):
     assert report["finetune"]["data"]["images"] == 16
     assert {p.name for p in out.iterdir()} == {Path(p).name for p in report["outputs"].values()}
     assert load_data(out / "synthetic.pt").x.shape == (16, 3, 16, 16)  # asked for: reusable as --data
+    assert (
+        "Fine-tuned **without training data**, on 16 synthetic images made from"
+        in (out / "report.md").read_text()
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.pt"]
 
 
