@@ -5,8 +5,9 @@
 
 Budgets are in optimiser steps so that rows compare on a busy machine too: ``--steps`` stage-2 steps stand for
 the 10-minute budget (about 2,200 steps of batch 128 on 2 quiet cores). Making the synthetic images counts
-towards it: a data-free row gets ``--steps`` minus the steps the same process trains in the time generation
-took (seconds per step from the train10k row's stage 2, run first, or ``--step-seconds``).
+towards it, as under ``--finetune-minutes``: a generation step (128 images) costs ``--gen-step-ratio`` training
+steps (measured here, interleaved, unless given); the images are as many batches as fit in the share
+``GENERATION_SHARE`` of the budget (unless ``--count``), and a data-free row trains ``--steps`` minus their cost.
 
 Stage-1 scores are the recipe's own (``accuracy.stage1``, scored on val5k right after stage 1; stage 2 then runs
 one step). The whole fine-tunes get no validation data (nothing is selected on val5k); val5k is scored once, at
@@ -21,8 +22,11 @@ Run from the repository root (needs ../shared/data), e.g. one thread per job on 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,25 +35,73 @@ from common import cifar_arrays, cifar_model, markdown_table, top1
 from convslim import apply, compress, plan, prepare
 from convslim.core import Plan
 from convslim.finetune import finetune, from_synthetic, generation_settings
+from convslim.finetune.datafree import GENERATION_SHARE
 from convslim.inputs.data import ArrayData
-from convslim.inputs.synthetic import SynthesisRecord, SynthesisSettings, SyntheticData, synthesize
+from convslim.inputs.synthetic import (
+    BatchNormProbe,
+    SynthesisRecord,
+    SynthesisSettings,
+    SyntheticData,
+    synthesize,
+)
 
 EXAMPLE = (torch.randn(1, 3, 32, 32),)
 QUIET = {"progress": False}
 
 
-def synthetic_images(model, cache: Path | None, count: int | None) -> SyntheticData:
-    """The default synthetic set (``count`` images), made once per cache folder."""
-    settings = generation_settings(count or SynthesisSettings().count, None, progress=False)
-    path = cache / f"synthetic-{settings.count}-{settings.steps}-seed{settings.seed}.pt" if cache else None
-    if path is not None and path.is_file():
+def synthetic_images(model, cache: Path | None, count: int) -> SyntheticData:
+    """``count`` images made with the defaults. Batch k depends only on (seed, k), so a cached larger set made with
+    the same settings gives the first ``count`` (and its time, pro rata)."""
+    settings = generation_settings(count, None, progress=False)
+    for path in sorted(cache.glob(f"synthetic-*-{settings.steps}-seed{settings.seed}.pt")) if cache else ():
         saved = torch.load(path, weights_only=False)  # written by this script
-        return SyntheticData(saved["x"], None, saved["source"], record=SynthesisRecord(**saved["record"]))
+        if len(saved["x"]) >= count and count % settings.batch_size == 0:
+            record = SynthesisRecord(**saved["record"])
+            seconds = round(record.seconds * count / record.images, 1)
+            record = replace(record, images=count, asked=count, seconds=seconds)
+            return SyntheticData(saved["x"][:count], None, f"synthetic:{count}", record=record)
     made = synthesize(model, EXAMPLE, settings)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        path = cache / f"synthetic-{count}-{settings.steps}-seed{settings.seed}.pt"
         torch.save({"x": made.x, "source": made.source, "record": made.record.to_dict()}, path)
     return made
+
+
+def step_cost_ratio(model, the_plan: Plan, repeats: int = 6) -> float:
+    """Time of one generation step (128 images) / one stage-2-like training step (batch 128: teacher forward,
+    student forward + backward, AdamW), interleaved so that both see the same load; the median of ``repeats``."""
+    prepared = prepare(model, EXAMPLE)
+    teacher = prepared.traced.module.eval().to(memory_format=torch.channels_last)
+    student = apply(prepared, the_plan).train().to(memory_format=torch.channels_last)
+    frozen = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    probe = BatchNormProbe(frozen)
+    x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    image = x.clone().requires_grad_(True)
+    opt = torch.optim.AdamW(student.parameters(), 1e-3)
+    ratios = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        frozen(image)
+        torch.autograd.grad(probe.take(), image)
+        middle = time.perf_counter()
+        with torch.no_grad():
+            target = teacher(x).softmax(1)
+        loss = torch.nn.functional.kl_div(student(x).log_softmax(1), target, reduction="batchmean")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ratios.append((middle - start) / (time.perf_counter() - middle))
+    probe.close()
+    return statistics.median(ratios[1:])
+
+
+def capped_count(steps: int, ratio: float) -> int:
+    """The images a ``--finetune-minutes`` run makes on a budget of ``steps`` stage-2 steps: batches while another
+    one fits in ``GENERATION_SHARE`` of the budget (as ``synthesize`` stops under ``seconds``)."""
+    settings = SynthesisSettings()
+    batch_cost = settings.steps * ratio  # in training steps
+    return max(1, int(GENERATION_SHARE * steps / batch_cost)) * settings.batch_size
 
 
 def run_hook(model, the_plan: Plan, hook, calibration) -> tuple[dict, torch.nn.Module]:
@@ -92,15 +144,17 @@ def full_row(source: str, model, the_plan, data: dict, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--plan", help="plan.json to apply (e.g. from `convslim plan --to auto --target-speedup 2`)"
+        "--plan", help="plan.json to apply (from `convslim plan --to auto --target-speedup 2`)"
     )
     parser.add_argument("--to", default="dwsep")
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--rows", default="none,stage1,full", help="any of none, stage1, full")
     parser.add_argument("--sources", default="train10k,synthetic,real64+synthetic")
     parser.add_argument("--steps", type=int, default=2200, help="stage-2 steps standing for the 10 minutes")
-    parser.add_argument("--step-seconds", type=float, help="seconds per stage-2 step (default: measured)")
-    parser.add_argument("--count", type=int, help="synthetic images (default: generation_settings')")
+    parser.add_argument(
+        "--gen-step-ratio", type=float, help="generation step / training step (default: measured)"
+    )
+    parser.add_argument("--count", type=int, help="synthetic images (default: what the time share makes)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, help="folder to keep the synthetic images in between runs")
     args = parser.parse_args()
@@ -114,30 +168,31 @@ def main() -> None:
     data = {"train": ArrayData(xt, yt, "train10k"), "val": ArrayData(xv, yv, "val5k"), "val_xy": (xv, yv)}
     sources = args.sources.split(",")
     if any("synthetic" in s for s in sources):
-        data["synthetic"] = synthetic_images(model, args.cache, args.count)
-        print(json.dumps({"synthetic": data["synthetic"].record.to_dict()}), flush=True)
+        ratio = args.gen_step_ratio or round(step_cost_ratio(model, the_plan), 3)
+        count = args.count or capped_count(args.steps, ratio)
+        data["synthetic"] = synthetic_images(model, args.cache, count)
+        generation_steps = -(-count // SynthesisSettings().batch_size) * SynthesisSettings().steps
+        data["generation_cost"] = round(generation_steps * ratio)  # in stage-2 steps
+        facts = {"gen_step_ratio": ratio, "cost_in_steps": data["generation_cost"]}
+        print(json.dumps({"synthetic": data["synthetic"].record.to_dict(), **facts}), flush=True)
     rows = []
     if "none" in args.rows:
         rows.append({"row": "no data (no fine-tune)", "top1": top1(apply(prepared, the_plan), xv, yv)})
     for kind in ("stage1", "full"):
         for source in sources if kind in args.rows else ():
-            rows.append(_row(kind, source, model, the_plan, data, args, rows))
+            rows.append(_row(kind, source, model, the_plan, data, args.steps))
             print(json.dumps(rows[-1]), flush=True)
     print(markdown_table(rows))
 
 
-def _row(kind: str, source: str, model, the_plan, data: dict, args, rows: list[dict]) -> dict:
+def _row(kind: str, source: str, model, the_plan, data: dict, steps: int) -> dict:
     start = time.perf_counter()
     if kind == "stage1":
         row = stage1_row(source, model, the_plan, data)
     else:
-        steps = args.steps
-        if "synthetic" in source:
-            per_step = args.step_seconds or next((r["s/step"] for r in rows if r.get("s/step")), None)
-            if per_step is None:
-                raise SystemExit("give --step-seconds, or run the train10k whole fine-tune first (--sources)")
-            steps -= round(data["synthetic"].record.seconds / per_step)
-        row = full_row(source, model, the_plan, data, steps)
+        row = full_row(
+            source, model, the_plan, data, steps - data.get("generation_cost", 0) * ("synthetic" in source)
+        )
     row["wall s"] = round(time.perf_counter() - start, 1)
     return row
 

@@ -48,12 +48,12 @@ DEFAULT_COUNT = 1024
 @dataclass(frozen=True)
 class SynthesisSettings:
     count: int = DEFAULT_COUNT  # images to make
-    steps: int = 200  # Adam steps per batch
+    steps: int = 100  # Adam steps per batch
     batch_size: int = 128  # images optimised together (their batch statistics are matched)
-    lr: float = 0.1
+    lr: float = 0.25
     seed: int = 0
-    jitter: int = 0  # random shift of up to this many pixels per step (DeepInversion)
-    flip: bool = False  # random left-right flip per step
+    jitter: int | None = None  # random shift of up to this many pixels per step; None: 1/16 of the image side
+    flip: bool = True  # random left-right flip per step
     prior_weight: float = 0.0  # w_tv: smoothness prior on the image
     output_weight: float = 0.0  # w_out: confident, class-balanced outputs
     seconds: float | None = None  # stop making batches when another round would overrun this
@@ -64,7 +64,7 @@ class SynthesisSettings:
             raise UsageError(f"--data synthetic:N needs N ≥ 1 images, got {self.count}")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise UsageError("synthesis steps, batch size and learning rate must be positive")
-        if self.jitter < 0 or self.prior_weight < 0 or self.output_weight < 0:
+        if (self.jitter or 0) < 0 or self.prior_weight < 0 or self.output_weight < 0:
             raise UsageError("synthesis jitter and loss weights must be ≥ 0")
 
 
@@ -261,8 +261,9 @@ def _make_batch(net: nn.Module, probe: BatchNormProbe, which: tuple[int, int], s
 
 def _view(x: torch.Tensor, gen: torch.Generator, s: SynthesisSettings) -> torch.Tensor:
     """What the model sees this step: ``x`` shifted by up to ``s.jitter`` pixels and maybe flipped."""
-    if s.jitter:
-        dy, dx = (int(v) for v in torch.randint(-s.jitter, s.jitter + 1, (2,), generator=gen))
+    jitter = s.jitter if s.jitter is not None else max(1, round(min(x.shape[-2:]) / 16))
+    if jitter:
+        dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
         x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
     if s.flip and bool(torch.rand((), generator=gen) < 0.5):
         x = x.flip(3)
