@@ -32,6 +32,16 @@ def resnet32_path() -> Path:
     return shared_file("resnet32-d509ac18.th")
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: on tiny tensors threading only adds overhead, and on a busy 2-core
+    machine it is 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -57,12 +57,7 @@ def net() -> BNNet:
     return model.eval()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quick(**fields) -> SynthesisSettings:

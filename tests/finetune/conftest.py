@@ -11,12 +11,8 @@ from convslim.inputs.data import ArrayData
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: threading only adds overhead, and on a busy 2-core machine it is 10x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):  # every fine-tuning test: tiny tensors (``tests/conftest.py``)
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
