@@ -9,6 +9,9 @@ val5k is measured, never selected on.
 Run from the repository root (needs ../shared/data):
     python benchmarks/bench_finetune.py --model resnet20 --forms dwsep --minutes 8
     python benchmarks/bench_finetune.py --model resnet32 --forms dwsep,spatial,grouped,octave --minutes 8
+With ``--steps N`` the budget is N stage-2 steps instead of minutes, so that runs sharing a busy machine compare
+(on 2 quiet cores 10 minutes gave ResNet-20 about 2,523 steps and ResNet-32 about 1,500), e.g. the README's
+ablation rows: ``--plan benchmarks/plans/resnet20_x2.json --steps 2523 --threads 1 --no-speed --set lr=2e-3``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def run_one(
     form: str,
     options: dict,
     exclude: list[str],
-    minutes: float,
+    minutes: float | None,
     seed: int,
     plan: Plan | None = None,
     **settings,
@@ -114,6 +117,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20", choices=("resnet20", "resnet32"))
     parser.add_argument("--forms", default="dwsep")
     parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--steps", type=int, help="a budget of stage-2 steps instead of --minutes")
     parser.add_argument("--exclude", action="append", default=[])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -137,6 +141,8 @@ def main() -> None:
         return run_profile(args, settings)
     if args.no_speed:
         settings["measure_speed"] = False
+    if args.steps:
+        settings["steps"], args.minutes = args.steps, None
     plan = Plan.from_json(Path(args.plan).read_text(), args.plan) if args.plan else None
     rows = []
     for form in ["plan"] if plan else args.forms.split(","):

@@ -1,0 +1,41 @@
+"""Top-1 on ``cifar10_val5k.npz`` (all 5,000 images) of a ``convslim compress`` output folder's ``model.onnx``
+and ``original.onnx``, run by ONNX Runtime on the CPU: what the deployed files score, with nothing selected on
+val5k (the CLI run holds its own split of ``--data`` out for validation).
+
+    python benchmarks/score_onnx.py out/          # {"model.onnx": 88.3, "model.onnx images": 5000, ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from common import cifar_arrays
+
+
+def onnx_top1(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """(top-1 in %, images scored): a static-shape export scores whole batches only."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0]
+    batch = feed.shape[0] if isinstance(feed.shape[0], int) else 250  # a static-shape export fixes the batch
+    usable = len(y) - len(y) % batch
+    logits = [session.run(None, {feed.name: x[i : i + batch]})[0] for i in range(0, usable, batch)]
+    return round(100 * float((np.concatenate(logits).argmax(1) == y[:usable]).mean()), 2), usable
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="a convslim compress --out folder")
+    args = parser.parse_args()
+    x, y = (t.numpy() for t in cifar_arrays("val5k"))
+    scores = {}
+    for name in ("model.onnx", "original.onnx"):
+        scores[name], scores[f"{name} images"] = onnx_top1(args.out / name, x, y)
+    print(json.dumps(scores))
+
+
+if __name__ == "__main__":
+    main()
