@@ -11,26 +11,24 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 from common import cifar_arrays
 
+from convslim.runtime.sessions import run_batched
 
-def onnx_top1(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-    """(top-1 in %, images scored): a static-shape export scores whole batches only."""
+
+def onnx_top1(path: Path, x, y) -> tuple[float, int]:
+    """(top-1 in %, images scored): a static-shape export scores whole batches only (``run_batched``)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = session.get_inputs()[0]
-    batch = feed.shape[0] if isinstance(feed.shape[0], int) else 250  # a static-shape export fixes the batch
-    usable = len(y) - len(y) % batch
-    logits = [session.run(None, {feed.name: x[i : i + batch]})[0] for i in range(0, usable, batch)]
-    return round(100 * float((np.concatenate(logits).argmax(1) == y[:usable]).mean()), 2), usable
+    logits = run_batched(session, x, 250)
+    return round(100 * float((logits.argmax(1) == y[: len(logits)].numpy()).mean()), 2), len(logits)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="a convslim compress --out folder")
     args = parser.parse_args()
-    x, y = (t.numpy() for t in cifar_arrays("val5k"))
+    x, y = cifar_arrays("val5k")
     scores = {}
     for name in ("model.onnx", "original.onnx"):
         scores[name], scores[f"{name} images"] = onnx_top1(args.out / name, x, y)
