@@ -118,10 +118,14 @@ def run_hook(model, the_plan: Plan, hook, calibration) -> tuple[dict, torch.nn.M
 
 
 def hook_for(source: str, model, data: dict, steps: int, val) -> tuple:
-    """(hook, calibration) for ``source``: "train10k", "synthetic" or "real64+synthetic"."""
+    """(hook, calibration) for ``source``: "train10k", "synthetic", "real64+synthetic" or "real:N" (the first N
+    train10k images without their labels, as synthetic ones come: how far the images' number alone limits)."""
     settings = {"steps": steps, "evals": 1, **QUIET}
     if source == "train10k":
         return finetune(data["train"], val, **settings), data["train"].x[:256]
+    if source.startswith("real:"):
+        real = ArrayData(data["train"].x[: int(source[5:])], None, f"{source[5:]} train10k images, no labels")
+        return finetune(real, val, **settings), real.x[:256]
     real = ArrayData(data["train"].x[:64], None, "64 train10k images") if "real64" in source else None
     made = from_synthetic(model, EXAMPLE, data["synthetic"], real, val, **settings)
     return made.hook, made.calibration
@@ -149,7 +153,11 @@ def main() -> None:
     parser.add_argument("--to", default="dwsep")
     parser.add_argument("--rank", type=int, default=1)
     parser.add_argument("--rows", default="none,stage1,full", help="any of none, stage1, full")
-    parser.add_argument("--sources", default="train10k,synthetic,real64+synthetic")
+    parser.add_argument(
+        "--sources",
+        default="train10k,synthetic,real64+synthetic",
+        help="also real:N (N unlabeled train10k images)",
+    )
     parser.add_argument("--steps", type=int, default=2200, help="stage-2 steps standing for the 10 minutes")
     parser.add_argument(
         "--gen-step-ratio", type=float, help="generation step / training step (default: measured)"
