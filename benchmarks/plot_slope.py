@@ -9,21 +9,22 @@ The points are the measured rows of ``benchmarks/slope.json`` (each with the com
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from convslim.core.outputs import atomic_write_bytes
 
 HERE = Path(__file__).resolve().parent
 
 
 def draw(table: dict, out: Path) -> None:
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4), layout="tight")
+    FigureCanvasAgg(figure)  # the Agg backend, without touching pyplot's global state (as convslim.tradeoff)
+    ax = figure.add_subplot()
     for name, line in table["plans"].items():
         minutes = sorted(line["top1"], key=float)
         (drawn,) = ax.plot([float(m) for m in minutes], [line["top1"][m] for m in minutes], "o-", label=name)
@@ -37,11 +38,9 @@ def draw(table: dict, out: Path) -> None:
     ax.set_title(table["title"], fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".png", delete=False) as tmp:
-        fig.savefig(tmp.name, dpi=110)
-    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes it private
-    os.replace(tmp.name, out)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(out, buffer.getvalue())
 
 
 def main() -> None:
