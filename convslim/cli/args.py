@@ -131,7 +131,7 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     d = FinetuneSettings()  # the one home of the recipe's defaults (see README "Fine-tuning recipe")
     tuned = (
         ("--batch-size", int, f"fine-tuning batch size (default {d.batch_size})"),
-        ("--lr", float, f"peak learning rate, cosine schedule (default {d.lr:g})"),
+        ("--lr", float, f"peak learning rate of the {d.schedule} schedule (default {d.lr:g})"),
         ("--weight-decay", float, f"weight decay (default {d.weight_decay:g})"),
         ("--temperature", float, f"distillation temperature T (default {d.temperature:g})"),
         ("--ce-weight", float, f"cross-entropy weight when labels exist (default {d.ce_weight:g})"),
@@ -142,6 +142,7 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
             float,
             f"mixup Beta(α, α) on inputs, targets from the teacher; 0: off (default {d.mixup:g})",
         ),
+        ("--cutout", int, f"side of a square erased from each training view; 0: off (default {d.cutout})"),
         ("--calibration-samples", int, f"samples for stage 1 (default {d.calibration_samples})"),
     )
     for flag, kind, text in tuned:
@@ -254,7 +255,7 @@ def files_to_save(args: argparse.Namespace, sets: dict) -> dict:
 
 
 RECIPE = ("batch_size", "lr", "weight_decay", "temperature", "ce_weight", "feature_weight")
-RECIPE += ("feature_fraction", "mixup", "calibration_samples", "optimizer", "sync_batchnorm")
+RECIPE += ("feature_fraction", "mixup", "cutout", "calibration_samples", "optimizer", "sync_batchnorm")
 
 
 def recipe_settings(args: argparse.Namespace) -> dict:

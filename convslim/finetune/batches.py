@@ -57,7 +57,7 @@ def training_batches(train, s: FinetuneSettings, gen: torch.Generator, device) -
             continue
         x, y = parallel.shard(x, y)
         index = None if index is None else parallel.shard(index)[0]
-        crops = draw_crops(x, own) if s.augment else None
+        crops = draw_crops(x, own, s.cutout) if s.augment else None
         x = apply_crops(x, crops)
         if s.mixup > 0:  # the mixed image has no single label, and no index rebuilds it
             x, y, index = mixup(x, own, s.mixup), None, None

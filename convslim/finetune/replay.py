@@ -25,11 +25,11 @@ import torch
 from convslim import parallel
 from convslim.finetune.batches import Batch, to_device
 from convslim.finetune.settings import FinetuneSettings
-from convslim.finetune.views import Crops, apply_crops
+from convslim.finetune.views import FIELDS, Crops, apply_crops
 from convslim.inputs.data import ArrayData
 
 LIMIT_BYTES = 256 * 2**20
-_VIEW_BYTES = 8 + 3  # index + crop
+_VIEW_BYTES = 8 + 3 + 6  # index + crop + cutout
 
 
 class TeacherLog:
@@ -101,7 +101,7 @@ def _global_views(per_rank: list[list]) -> tuple[torch.Tensor, Crops | None, tor
         outputs.append(_interleave([s[2] for s in slices]))
         if slices[0][1] is not None:
             parts = [s[1] for s in slices]
-            crops.append(Crops(*(_interleave([getattr(p, k) for p in parts]) for k in ("dy", "dx", "flip"))))
+            crops.append(Crops(*(_interleave([getattr(p, k) for p in parts]) for k in FIELDS)))
     return torch.cat(index), (Crops.cat(crops) if crops else None), torch.cat(outputs)
 
 

@@ -34,6 +34,7 @@ class FinetuneSettings:
     feature_fraction: float = 0.4  # share of stage 2 spent block-wise (phase A)
     calibration_samples: int = 1024
     augment: bool = True
+    cutout: int = 0  # side of the square erased from each augmented view (0: none; DeVries & Taylor 2017)
     mixup: float = 0.0  # Beta(α, α) mixing of inputs; > 0 trains on the teacher's outputs alone (no labels)
     train_bn: bool = True
     replay_teacher: bool = True  # phase B reuses the teacher's outputs on phase A's views (``replay``)
@@ -72,6 +73,8 @@ class FinetuneSettings:
             raise UsageError(f"--sync-batchnorm must be auto, on or off, got {self.sync_batchnorm!r}")
         if self.depthwise_rounds < 0:
             raise UsageError(f"depthwise_rounds must be ≥ 0, got {self.depthwise_rounds}")
+        if self.cutout < 0:
+            raise UsageError(f"--cutout must be ≥ 0 (0: off), got {self.cutout}")
         if self.mixup < 0:
             raise UsageError(f"--mixup must be ≥ 0 (0: off), got {self.mixup}")
         if not 0 <= self.feature_fraction < 1:

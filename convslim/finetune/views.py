@@ -23,33 +23,47 @@ PAD = 4
 
 @dataclass
 class Crops:
-    """Per-sample crop offsets in [0, 2·PAD] and flips; None for inputs that are not augmented."""
+    """Per-sample crop offsets in [0, 2·PAD], flips, and cutout: the erased square's centre (``ey``, ``ex``)
+    and side (``side``, 0: nothing erased); None for inputs that are not augmented."""
 
     dy: torch.Tensor
     dx: torch.Tensor
     flip: torch.Tensor
+    ey: torch.Tensor
+    ex: torch.Tensor
+    side: torch.Tensor
 
     def __getitem__(self, index) -> Crops:
-        return Crops(self.dy[index], self.dx[index], self.flip[index])
+        return Crops(*(getattr(self, k)[index] for k in FIELDS))
 
     @staticmethod
     def cat(parts: list[Crops]) -> Crops:
-        return Crops(*(torch.cat([getattr(p, k) for p in parts]) for k in ("dy", "dx", "flip")))
+        return Crops(*(torch.cat([getattr(p, k) for p in parts]) for k in FIELDS))
+
+
+FIELDS = ("dy", "dx", "flip", "ey", "ex", "side")
 
 
 def augmentable(x: torch.Tensor) -> bool:
     return x.dim() == 4 and min(x.shape[-2:]) >= 16
 
 
-def draw_crops(x: torch.Tensor, generator: torch.Generator) -> Crops | None:
-    """One crop offset and flip per sample of ``x`` (None when ``x`` is not an augmentable image batch)."""
+def draw_crops(x: torch.Tensor, generator: torch.Generator, cutout: int = 0) -> Crops | None:
+    """One crop offset and flip per sample of ``x``, and with ``cutout`` > 0 the centre of a ``cutout``-sided
+    square to erase (DeVries & Taylor 2017); None when ``x`` is not an augmentable image batch."""
     if not augmentable(x):
         return None
-    n = len(x)
+    n, h, w = len(x), x.shape[-2], x.shape[-1]
     dy = torch.randint(0, 2 * PAD + 1, (n,), generator=generator, dtype=torch.int8)
     dx = torch.randint(0, 2 * PAD + 1, (n,), generator=generator, dtype=torch.int8)
     flip = torch.rand(n, generator=generator) < 0.5
-    return Crops(dy, dx, flip)
+    side = torch.full((n,), min(cutout, h, w), dtype=torch.int16)
+    if cutout > 0:  # drawn only when asked, so the other draws stay those of runs without cutout
+        ey = torch.randint(0, h, (n,), generator=generator, dtype=torch.int16)
+        ex = torch.randint(0, w, (n,), generator=generator, dtype=torch.int16)
+    else:
+        ey = ex = torch.zeros(n, dtype=torch.int16)
+    return Crops(dy, dx, flip, ey, ex, side)
 
 
 def apply_crops(x: torch.Tensor, crops: Crops | None) -> torch.Tensor:
@@ -63,12 +77,26 @@ def apply_crops(x: torch.Tensor, crops: Crops | None) -> torch.Tensor:
     out = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w)[None]).view(n, 1, 1, w).expand(n, c, h, w)
     out = out.gather(3, cols)
-    return torch.where(crops.flip.view(n, 1, 1, 1), out.flip(3), out)
+    out = torch.where(crops.flip.view(n, 1, 1, 1), out.flip(3), out)
+    return _erase(out, crops) if bool((crops.side > 0).any()) else out
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding + horizontal flip, per sample; other inputs pass through."""
-    return apply_crops(x, draw_crops(x, generator))
+def _erase(x: torch.Tensor, crops: Crops) -> torch.Tensor:
+    """Zero (the normalised mean) rows [ey − side/2, ey + side/2) × the same columns around ex, clipped."""
+    n, _, h, w = x.shape
+    half = (crops.side // 2).long().view(n, 1)
+    ey, ex, side = crops.ey.long().view(n, 1), crops.ex.long().view(n, 1), crops.side.long().view(n, 1)
+    rows = torch.arange(h).view(1, h)
+    cols = torch.arange(w).view(1, w)
+    in_rows = (rows >= ey - half) & (rows < ey - half + side)
+    in_cols = (cols >= ex - half) & (cols < ex - half + side)
+    erased = (in_rows[:, :, None] & in_cols[:, None, :]).view(n, 1, h, w)
+    return x.masked_fill(erased, 0.0)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, cutout: int = 0) -> torch.Tensor:
+    """Random crop with zero padding + horizontal flip (+ cutout), per sample; other inputs pass through."""
+    return apply_crops(x, draw_crops(x, generator, cutout))
 
 
 def mixup(x: torch.Tensor, generator: torch.Generator, alpha: float) -> torch.Tensor:
