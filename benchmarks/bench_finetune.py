@@ -27,7 +27,7 @@ from common import cifar_arrays, cifar_model, markdown_table, top1
 from convslim import FORMS, compress
 from convslim.core import Plan
 from convslim.finetune import FinetuneSettings, finetune
-from convslim.inputs.data import ArrayData
+from convslim.inputs.data import ArrayData, HeldOut, split_held_out
 
 # a setting per form that is cheaper than the original (dwsep: ≥2.5x measured at batch 32 on ResNet-20;
 # spatial: the setting bench_spatial_grouped measures faster at batch 1 and 32; grouped and octave measure slower
@@ -54,6 +54,10 @@ def run_one(
     xt, yt = cifar_arrays("train10k")
     xv, yv = cifar_arrays("val5k")
     measure_speed = settings.pop("measure_speed", True)
+    if settings.get("hold_out"):  # train on what the CLI trains on when it holds out this share of --data
+        kept, _ = split_held_out(ArrayData(xt, yt), HeldOut(settings.pop("hold_out")))
+        xt, yt = kept.x, kept.y
+    settings.pop("hold_out", None)
     hook = finetune(
         ArrayData(xt, yt), ArrayData(xv, yv), minutes=minutes, seed=seed, evals=1, progress=False, **settings
     )
@@ -96,7 +100,9 @@ def ablation_setting(text: str) -> tuple[str, object]:
     default = getattr(FinetuneSettings(), key)
     if isinstance(default, bool):
         return key, value.lower() in ("1", "true", "yes", "on")
-    return key, value if isinstance(default, str) else type(default or 0.0)(float(value))
+    if isinstance(default, str):
+        return key, value
+    return key, float(value) if default is None else type(default)(float(value))
 
 
 def run_profile(args, settings: dict) -> None:
@@ -130,6 +136,12 @@ def main() -> None:
         help="a FinetuneSettings field for the ablation, e.g. --set lr=4e-3 --set optimizer=sgd",
     )
     parser.add_argument("--no-speed", action="store_true", help="skip the ORT speed measurement")
+    parser.add_argument(
+        "--hold-out",
+        type=float,
+        default=0.0,
+        help="train on train10k less the CLI's --val-split of this share",
+    )
     parser.add_argument("--profile", action="store_true", help="profile one stage-2 step on --plan instead")
     parser.add_argument("--rounds", type=int, default=3, help="--profile: alternating rounds of timing")
     args = parser.parse_args()
@@ -143,6 +155,7 @@ def main() -> None:
         settings["measure_speed"] = False
     if args.steps:
         settings["steps"], args.minutes = args.steps, None
+    settings["hold_out"] = args.hold_out
     plan = Plan.from_json(Path(args.plan).read_text(), args.plan) if args.plan else None
     rows = []
     for form in ["plan"] if plan else args.forms.split(","):

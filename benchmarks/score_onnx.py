@@ -3,6 +3,10 @@ and ``original.onnx``, run by ONNX Runtime on the CPU: what the deployed files s
 val5k (the CLI run holds its own split of ``--data`` out for validation).
 
     python benchmarks/score_onnx.py out/          # {"model.onnx": 88.3, "model.onnx images": 5000, ...}
+    python benchmarks/score_onnx.py out/ --fit    # also on train10k's parts the CLI fine-tuned on / held out
+
+``--fit`` splits ``cifar10_train10k.npz`` as the CLI did with its defaults (``--val-split 0.1 --seed 0``) and
+scores both parts: how well the student learned the images it saw against those it did not.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 import onnxruntime as ort
 from common import cifar_arrays
 
+from convslim.inputs.data import ArrayData, HeldOut, split_held_out
 from convslim.runtime.sessions import run_batched
 
 
@@ -27,11 +32,17 @@ def onnx_top1(path: Path, x, y) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="a convslim compress --out folder")
+    parser.add_argument("--fit", action="store_true", help="also score the CLI's split of train10k")
     args = parser.parse_args()
-    x, y = cifar_arrays("val5k")
+    sets = {"val5k": cifar_arrays("val5k")}
+    if args.fit:
+        seen, held = split_held_out(ArrayData(*cifar_arrays("train10k")), HeldOut())
+        sets.update({"train10k fine-tuned on": (seen.x, seen.y), "train10k held out": (held.x, held.y)})
     scores = {}
-    for name in ("model.onnx", "original.onnx"):
-        scores[name], scores[f"{name} images"] = onnx_top1(args.out / name, x, y)
+    for label, (x, y) in sets.items():
+        prefix = "" if label == "val5k" else f"{label}: "
+        for name in ("model.onnx", "original.onnx"):
+            scores[prefix + name], scores[f"{prefix}{name} images"] = onnx_top1(args.out / name, x, y)
     print(json.dumps(scores))
 
 
