@@ -115,7 +115,7 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
         "--val-split",
         type=float,
         help="without --val-data: the share of --data held out of fine-tuning and scored on, stratified by "
-        f"label; 0 trains on all (default {HeldOut().fraction:g})",
+        f"label; 0 trains on all (default {HeldOut.SHARE:g}, at most {HeldOut.MOST} images)",
     )
     g.add_argument("--resize", help="resize images to H,W (or one size for both)")
     g.add_argument(
@@ -196,7 +196,7 @@ def held_out(args: argparse.Namespace) -> HeldOut:
     """The share of --data held out of fine-tuning (--val-split; refused beside --val-data, which is one)."""
     if args.val_split is not None and args.val_data:
         raise UsageError("--val-split splits --data when no --val-data is given; drop one of them")
-    return HeldOut(HeldOut().fraction if args.val_split is None else args.val_split, args.seed)
+    return HeldOut(args.val_split, args.seed)
 
 
 def _synthetic(args: argparse.Namespace, model, inputs, count: int):

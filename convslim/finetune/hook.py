@@ -109,13 +109,13 @@ def from_files(
     mean=None,
     std=None,
     calibration_batch: int = CALIBRATION_BATCH,
-    val_split: float = HeldOut().fraction,
+    val_split: float | None = None,
     **settings,
 ) -> FinetuneData:
     """Load ``data`` (and ``val_data``: image folder, .npz or .pt) checked against ``model``'s inputs and
     classes, and build the fine-tuning hook; ``settings`` are ``FinetuneSettings`` fields. Without ``val_data``,
-    ``val_split`` of ``data`` (stratified by label; 0: none) is held out of training and scored on, as the
-    CLI's ``--val-split`` does.
+    ``val_split`` of ``data`` (stratified by label; 0: none; None: 10 %, at most 500 samples) is held out of
+    training and scored on, as the CLI's ``--val-split`` does.
 
     Example:
         >>> ft = from_files(model, (torch.randn(1, 3, 32, 32),), "train.npz", "val.npz", steps=300)
