@@ -349,8 +349,8 @@ class HeldOut:
     """How much of the training data is held out from fine-tuning to score on (0: none), drawn with ``seed``.
 
     ``fraction`` None is the default: 10 % of the data, at most ``MOST`` images. Every image held out is one the
-    student does not learn from: on ResNet-20's ×2 plan with train10k, holding out 10 % cost 0.76 pt of val5k
-    top-1 after a 10-minute fine-tune (README, issue 25), while 500 scored images already pin top-1 to ±1.3 pt.
+    student does not learn from: on ResNet-20's ×2 plan with train10k, holding out 10 % cost 0.5-0.8 pt of val5k
+    top-1 after a 10-minute fine-tune, 5 % 0.4 pt (README, issue 25), while 500 scored images pin top-1 to ±1.3 pt.
 
     Example:
         >>> HeldOut().count(10_000), HeldOut().count(2_000), HeldOut(0.2).count(10_000)
