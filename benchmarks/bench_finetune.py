@@ -54,10 +54,10 @@ def run_one(
     xt, yt = cifar_arrays("train10k")
     xv, yv = cifar_arrays("val5k")
     measure_speed = settings.pop("measure_speed", True)
-    if settings.get("hold_out"):  # train on what the CLI trains on when it holds out this share of --data
-        kept, _ = split_held_out(ArrayData(xt, yt), HeldOut(settings.pop("hold_out")))
+    hold_out = settings.pop("hold_out", 0.0)
+    if hold_out:  # train on what the CLI trains on when it holds out this share of --data
+        kept, _ = split_held_out(ArrayData(xt, yt), HeldOut(hold_out))
         xt, yt = kept.x, kept.y
-    settings.pop("hold_out", None)
     hook = finetune(
         ArrayData(xt, yt), ArrayData(xv, yv), minutes=minutes, seed=seed, evals=1, progress=False, **settings
     )

@@ -5,8 +5,9 @@ val5k (the CLI run holds its own split of ``--data`` out for validation).
     python benchmarks/score_onnx.py out/          # {"model.onnx": 88.3, "model.onnx images": 5000, ...}
     python benchmarks/score_onnx.py out/ --fit    # also on train10k's parts the CLI fine-tuned on / held out
 
-``--fit`` splits ``cifar10_train10k.npz`` as the CLI did with its defaults (``--val-split 0.1 --seed 0``) and
-scores both parts: how well the student learned the images it saw against those it did not.
+``--fit`` splits ``cifar10_train10k.npz`` as the CLI does with ``--seed 0`` and ``--val-split`` (default: the
+CLI's default, 10 % but at most 500 images; 0.1 for runs made before c5ea360) and scores both parts: how well
+the student learned the images it saw against those it did not.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="a convslim compress --out folder")
     parser.add_argument("--fit", action="store_true", help="also score the CLI's split of train10k")
+    parser.add_argument("--val-split", type=float, help="--fit: the run's --val-split (default: the CLI's)")
     args = parser.parse_args()
     sets = {"val5k": cifar_arrays("val5k")}
     if args.fit:
-        seen, held = split_held_out(ArrayData(*cifar_arrays("train10k")), HeldOut())
+        seen, held = split_held_out(ArrayData(*cifar_arrays("train10k")), HeldOut(args.val_split))
         sets.update({"train10k fine-tuned on": (seen.x, seen.y), "train10k held out": (held.x, held.y)})
     scores = {}
     for label, (x, y) in sets.items():
