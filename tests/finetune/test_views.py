@@ -10,6 +10,7 @@ from convslim.finetune.batches import training_batches
 from convslim.finetune.replay import TeacherLog
 from convslim.finetune.settings import FinetuneSettings
 from convslim.finetune.views import PAD, Crops, apply_crops, draw_crops
+from convslim.inputs.data import ArrayData
 
 
 def _unshifted(n: int, ey: int, ex: int, side: int) -> Crops:
@@ -47,8 +48,6 @@ def test_cutout_keeps_the_crops_of_runs_without_it():
 
 
 def test_replayed_views_with_cutout_are_the_views_trained_on():
-    from convslim.inputs.data import ArrayData
-
     data = ArrayData(torch.randn(64, 3, 16, 16), torch.randint(0, 4, (64,)))
     s = FinetuneSettings(batch_size=16, cutout=6, channels_last=False)
     log = TeacherLog.for_run(data, s)
