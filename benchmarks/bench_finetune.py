@@ -27,7 +27,8 @@ from common import cifar_arrays, cifar_model, markdown_table, top1
 from convslim import FORMS, compress
 from convslim.core import Plan
 from convslim.finetune import FinetuneSettings, finetune
-from convslim.inputs.data import ArrayData, HeldOut, split_held_out
+from convslim.inputs.data import ArrayData
+from convslim.inputs.sets import HeldOut, split_held_out
 
 # a setting per form that is cheaper than the original (dwsep: ≥2.5x measured at batch 32 on ResNet-20;
 # spatial: the setting bench_spatial_grouped measures faster at batch 1 and 32; grouped and octave measure slower

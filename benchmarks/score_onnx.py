@@ -19,7 +19,8 @@ from pathlib import Path
 import onnxruntime as ort
 from common import cifar_arrays
 
-from convslim.inputs.data import ArrayData, HeldOut, split_held_out
+from convslim.inputs.data import ArrayData
+from convslim.inputs.sets import HeldOut, split_held_out
 from convslim.runtime.sessions import run_batched
 
 

@@ -286,7 +286,8 @@ def test_out_on_an_empty_mount_point_is_written_into(world, tmp_path, monkeypatc
 def test_held_out_share_of_data_is_scored_not_trained_on(world, tmp_path, capsys):
     """7: without --val-data, 10 % of --data (stratified) is held out of fine-tuning and scored on; on fewer than
     100 images the terminal says so instead of printing a number."""
-    from convslim.inputs.data import ArrayData, HeldOut, split_held_out
+    from convslim.inputs.data import ArrayData
+    from convslim.inputs.sets import HeldOut, split_held_out
 
     y = torch.arange(200) % 4
     train, held = split_held_out(ArrayData(torch.arange(200.0).view(200, 1), y, "d.npz"), HeldOut(0.1))

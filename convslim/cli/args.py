@@ -14,7 +14,7 @@ import torch
 from convslim.core.samples import INT8_CALIBRATION
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings
-from convslim.inputs.data import HeldOut, scored_set, training_set
+from convslim.inputs.sets import HeldOut, scored_set, training_set
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -166,9 +166,10 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
 
 def data_sets(args: argparse.Namespace, model, inputs) -> dict:
     """The data flags given (--data, --val-data, --calib-data), loaded and checked against the model's inputs
-    and classes (``convslim.inputs.data.load_sets``); ``--data synthetic[:N]`` makes N images from the model
+    and classes (``convslim.inputs.sets.load_sets``); ``--data synthetic[:N]`` makes N images from the model
     (``convslim.inputs.synthetic``), within its share of --finetune-minutes."""
-    from convslim.inputs.data import Preprocess, load_sets, parse_floats, parse_size
+    from convslim.inputs.data import Preprocess, parse_floats, parse_size
+    from convslim.inputs.sets import load_sets
     from convslim.inputs.synthetic import parse_synthetic
 
     calib = getattr(args, "calib_data", None)

@@ -45,7 +45,7 @@ def _check_forms(args: argparse.Namespace) -> None:
 
 def _check_numbers(args: argparse.Namespace) -> None:
     from convslim.finetune import FinetuneSettings
-    from convslim.inputs.data import HeldOut
+    from convslim.inputs.sets import HeldOut
 
     tolerance = getattr(args, "tolerance", 0.0)
     if not 0 <= tolerance < float("inf"):

@@ -20,15 +20,8 @@ from convslim.errors import UsageError
 from convslim.finetune.feed import as_source
 from convslim.finetune.recipe import run
 from convslim.finetune.settings import FinetuneSettings
-from convslim.inputs.data import (
-    ArrayData,
-    HeldOut,
-    Preprocess,
-    check_finite_inputs,
-    load_sets,
-    scored_set,
-    training_set,
-)
+from convslim.inputs.data import ArrayData, Preprocess, check_finite_inputs
+from convslim.inputs.sets import HeldOut, load_sets, scored_set, training_set
 
 
 @dataclass(frozen=True)
@@ -132,7 +125,7 @@ def from_files(
 
 
 def from_data(model, example_inputs, train, val=None, **settings) -> FinetuneData:
-    """``from_files`` for data sets already loaded (``convslim.inputs.data.load_sets``): the model checked, the
+    """``from_files`` for data sets already loaded (``convslim.inputs.sets.load_sets``): the model checked, the
     hook built, the first ``CALIBRATION_BATCH`` training samples as the calibration batch."""
     example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     check_finetunable(model, example_inputs)

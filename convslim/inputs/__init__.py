@@ -1,5 +1,6 @@
 """What goes in: the model (``loading``: state_dict + class, torch.export .pt2, trusted pickle), the user's data
-(``data``: image folders, .npz, .pt, checked against the model), or images made from the model's own BatchNorm
+(``data``: image folders, .npz, .pt, checked against the model; ``sets``: the files of one run and the share
+of --data held out to score on), or images made from the model's own BatchNorm
 statistics when there is no data (``synthetic``), and a guess at the input size (``hint``).
 
 Example:

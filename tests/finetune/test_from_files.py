@@ -9,7 +9,7 @@ import torch
 
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneHook, from_data, from_files
-from convslim.inputs.data import load_sets
+from convslim.inputs.sets import load_sets
 
 EXAMPLE = (torch.randn(1, 3, 16, 16),)
 
