@@ -2,8 +2,9 @@
 
 Every dwsep layer starts at rank 1; ranks are then raised one step at a time, layer by layer in the given order
 (first to last: ``early``, last to first: ``late``) and round after round, keeping each raise that leaves the
-summed candidate timings (the plan's own ``measured`` ``cand_ms``) within those of the plan's ranks. Other fields
-of the plan (MACs, parameters) are left as the planner wrote them; ``apply`` recomputes what it reports.
+summed candidate timings (the plan's own ``measured`` ``cand_ms``) within those of the plan's ranks. Only the
+ranks change: the MACs and parameter counts stay as the planner wrote them for its ranks (a report of the
+reallocated plan shows those), so read only accuracy from such a run.
 
 Example:
     python benchmarks/reallocate_plan.py benchmarks/plans/resnet20_x2.json late benchmarks/plans/resnet20_x2_late.json
