@@ -8,13 +8,7 @@ import torch
 from PIL import Image
 
 from convslim.errors import UsageError
-from convslim.inputs.data import (
-    check_inputs,
-    check_labels,
-    load_data,
-    parse_floats,
-    parse_size,
-)
+from convslim.inputs.data import check_inputs, check_labels, load_data, parse_floats, parse_size
 
 
 def _images(folder, n, size=(8, 6), seed=0):
