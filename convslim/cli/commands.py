@@ -240,6 +240,7 @@ def _plan_args(pl: argparse.ArgumentParser) -> None:
 
 def _plan(args: argparse.Namespace) -> int:
     from convslim.api import plan, plan_budgeted, prepare, wants_budgeted
+    from convslim.core import cache_summary
     from convslim.core.outputs import CLI_WORDS, atomic_write_text, check_output_file
 
     out = Path(args.out)
@@ -275,7 +276,7 @@ def _plan(args: argparse.Namespace) -> int:
             f"  predicted {p['predicted_speedup']:.2f}x at batch {p['batch']} "
             f"({'reached' if p['reached'] else 'budget NOT reachable'}), predicted output error "
             f"{p['predicted_error']:.3f}, MACs {p['predicted_macs_fraction']:.1%}; planning {p['planning_s']:.1f} s "
-            f"(cache {p['cache_hits']} hits / {p['cache_misses']} misses)"
+            f"({cache_summary(p)})"
         )
     if not result.rewritten:
         print("convslim: WARNING: nothing would be rewritten; see the reasons above", file=sys.stderr)

@@ -7,7 +7,7 @@ Example:
 """
 
 from convslim.core.fx import delete_submodule, parent_of, set_submodule
-from convslim.core.plan import PLAN_VERSION, LayerDecision, Plan
+from convslim.core.plan import PLAN_VERSION, LayerDecision, Plan, cache_summary
 from convslim.core.prepared import Prepared, TracedModel
 from convslim.core.regroup import Regroupable
 from convslim.core.sites import ConvSite, Cost, dense_cost, no_saving_reason
@@ -21,6 +21,7 @@ __all__ = [
     "Prepared",
     "Regroupable",
     "TracedModel",
+    "cache_summary",
     "delete_submodule",
     "dense_cost",
     "no_saving_reason",

@@ -143,3 +143,18 @@ def _check_fields(raw: Any, fields: dict[str, tuple], where: str) -> None:
             raise PlanError(f"{where}: {key} must be {names}, got {json.dumps(value)[:60]}")
         if key in SHAPE_FIELDS and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise PlanError(f"{where}: {key} must be a list of whole numbers, got {json.dumps(value)[:60]}")
+
+
+def cache_summary(planning: dict) -> str:
+    """How a plan's layer timings were found, for the terminal and the report: cache hits and misses, and
+    whether the spot check found the cached timings stale (``planner.latency.spot_check``).
+
+    Example:
+        >>> cache_summary({"cache_hits": 3, "cache_misses": 0})
+        'latency cache 3 hits / 0 misses'
+    """
+    line = f"latency cache {planning['cache_hits']} hits / {planning['cache_misses']} misses"
+    check = planning.get("cache_check")
+    if check and check["stale"]:
+        line += f"; cached timings were {check['factor']:.2f}x off today's, so every layer was re-timed"
+    return line

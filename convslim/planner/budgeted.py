@@ -69,6 +69,7 @@ def plan_to_budget(prepared: Prepared, to: str | Sequence[str] = "auto", **optio
     outcome = _choose(request, table, build, loop, original, total_macs)
     planning = _planning(request, original, outcome, scale, total_macs)
     planning.update(candidates=len(layers.everything), cache_hits=cache.hits, cache_misses=cache.misses)
+    planning["cache_check"] = cache.check
     planning["planning_s"] = time.perf_counter() - start
     label = "+".join(sorted({d.form for d in outcome.layers if d.form})) or "none"
     options = {"to": ",".join(request.forms), **planning["budget"]}

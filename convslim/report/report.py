@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from convslim.core import Plan
+from convslim.core import Plan, cache_summary
 from convslim.report.deploy import deploy_lines, fp32_pair
 from convslim.report.sections import (
     SCHEMA_VERSION,
@@ -227,7 +227,7 @@ class Report:
         return (
             f"plan ({budget}{reached}): predicted {p['predicted_speedup']:.2f}x at batch {p['batch']}, "
             f"measured {shown}; predicted output error {p['predicted_error']:.3f}; planning "
-            f"{p['planning_s']:.1f} s (latency cache {p['cache_hits']} hits / {p['cache_misses']} misses)"
+            f"{p['planning_s']:.1f} s ({cache_summary(p)})"
         )
 
     def to_markdown(self) -> str:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from convslim.api import apply, prepare
-from convslim.core import Plan
+from convslim.core import Plan, cache_summary
 from convslim.errors import PlanError, UsageError
 from convslim.planner import LatencyCache, latency, plan_to_budget
 from convslim.planner.candidates import candidates_for, parse_forms
@@ -148,3 +148,37 @@ def test_damage_after_refit_is_lower_for_heads_and_unchanged_otherwise(seed):
             assert after < before, (layer, before, after)
         else:  # no linear 1x1 heads to refit: measured as initialised
             assert after == pytest.approx(before)
+
+
+def _scale_cached_ratios(cache_dir, factor: float) -> None:
+    """Make every cached timing look ``factor`` times slower for the candidate, as a loaded machine might."""
+    path = cache_dir / latency.CACHE_FILE
+    entries = json.loads(path.read_text())
+    for e in entries.values():
+        e["cand_s"] *= factor
+        e["ratio"] *= factor
+    path.write_text(json.dumps(entries))
+
+
+@pytest.mark.parametrize("factor", [1.2, 2.0, 0.5])
+def test_stale_cached_timings_are_re_measured(prepared, cache_dir, factor):
+    first = LatencyCache()
+    reference = plan_to_budget(prepared, "dwsep", target_macs=0.5, cache=first, **FAST)
+    assert reference.planning["cache_check"] is None  # nothing cached yet: nothing to check
+    _scale_cached_ratios(cache_dir, factor)
+    second = LatencyCache()
+    plan = plan_to_budget(prepared, "dwsep", target_macs=0.5, cache=second, **FAST)
+    check = plan.planning["cache_check"]
+    assert check["checked"] >= 1 and check["factor"] == pytest.approx(max(factor, 1 / factor), rel=1e-6)
+    stale = factor > latency.STALE or 1 / factor > latency.STALE
+    assert check["stale"] == stale
+    if stale:  # re-measured as the first run did (the fake timer is deterministic), and the file rewritten
+        assert (second.hits, second.misses) == (first.hits, first.misses)
+        assert plan.layers == reference.layers
+        assert "re-timed" in cache_summary(plan.planning)
+        third = LatencyCache()
+        plan_to_budget(prepared, "dwsep", target_macs=0.5, cache=third, **FAST)
+        assert third.misses == 0 and not third.check["stale"]
+    else:
+        assert second.misses == 0
+        assert "re-timed" not in cache_summary(plan.planning)
