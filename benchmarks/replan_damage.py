@@ -52,7 +52,10 @@ def measured_candidates(prepared, source: dict) -> dict:
         timed = (by_name[site.name].get("measured") or {}).get("candidates", [])
         found = {f"{c['form']}:{json.dumps(c['options'], sort_keys=True)}": c for c in timed}
         for c in cands:
-            m = found[c.key]
+            m = found.get(c.key, {})
+            if "ratio" not in m:  # refused or failed when the plan was made: not a choice here either
+                c.measured["error"] = m.get("error", "not timed in the source plan")
+                continue
             seconds = {k: m[f"{k}_ms"] / 1e3 for k in ("saved", "orig", "cand")}
             c.measured.update(ratio=m["ratio"], **{f"{k}_s": v for k, v in seconds.items()})
         per_layer[site.name] = cands
@@ -78,7 +81,7 @@ def in_context_table(prepared, source: dict, per_layer: dict, images: torch.Tens
         set_submodule(student, name, teacher.get_submodule(name))
         dense = error()
         table[name] = []
-        for c in (c for c in cands if c.measured["ratio"] < 1.0):
+        for c in (c for c in cands if c.measured.get("ratio", 2.0) < 1.0):
             option = copy.deepcopy(c.build(teacher.get_submodule(name)))
             set_submodule(student, name, option)
             x = capture_input(student, name, images[:4])
@@ -110,7 +113,7 @@ def main() -> None:
     if args.in_context:
         table = in_context_table(prepared, source, per_layer, images)
     else:
-        faster = [c for cands in per_layer.values() for c in cands if c.measured["ratio"] < 1.0]
+        faster = [c for cs in per_layer.values() for c in cs if c.measured.get("ratio", 2.0) < 1.0]
         damage.measure_damage(prepared.traced.module, faster, (images[: args.probes],), refit=True)
         table = {n: [_choice(c, "target_speedup", scale) for c in cs] for n, cs in per_layer.items()}
     need = planning["original_ms"] / 1e3 * (1 - 1 / source["options"]["target_speedup"])

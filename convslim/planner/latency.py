@@ -13,8 +13,9 @@ target (name, precision, providers), the onnxruntime version and the CPU model. 
 plan too. The key cannot see the machine's load: before a plan trusts cached timings it re-times the
 ``SPOT_CHECKS`` cached candidates that save the most, and if their ratios now differ from the cached ones by a
 median factor above ``STALE`` (either way), every candidate is re-measured and the cache rewritten
-(``spot_check``). Timings cached on a busy machine had made the same ResNet-20 ×3 command plan 2.40× instead of
-3.2× (README).
+(``spot_check``): a cache written while other work loaded the machine, or copied from another machine
+with the same CPU model, is not trusted blindly. It cannot catch one or two entries off by 10-30 %, which at a
+target beyond what the layer timings add up to can still flip near-tied choices (README, the CLI's runs).
 
 Example:
     >>> cache = LatencyCache()
