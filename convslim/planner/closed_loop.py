@@ -18,7 +18,8 @@ selection (the greedy jumps), ``between`` bisects in selection space, between th
 window and the fastest one below the target (``budget.blend``). The search stops at a round in
 [target, target · OVERSHOOT], after ``MAX_ROUNDS``, or when no new selection is left; the winner is the least
 damaging round that reaches the target, else the fastest. ``AIM`` sits a little above the target because the
-final measurement scatters by a few percent.
+final measurement scatters by a few percent. When every round fell short, one ``fallback`` state is measured
+before the search gives up (the planner's: the selection that saves the most MACs).
 
 Confirmation. A round that reaches the target on one ~3 s measurement is measured once more and its speedup
 becomes the geometric mean of the two. Without it the search keeps the first round that happened to read high
@@ -146,11 +147,14 @@ def pick_round(rounds: list[dict], target: float) -> dict:
 @dataclass(frozen=True)
 class SearchOptions:
     """``between(slow_state, fast_state)``: a state between two (or None), for when no multiplier gives a new
-    selection; ``cap`` bounds the multiplier (see ``propose``); ``progress`` prints a line per round."""
+    selection; ``cap`` bounds the multiplier (see ``propose``); ``progress`` prints a line per round;
+    ``fallback()``: one more state to measure when every round fell short of the target and nothing new is left
+    (the planner's: the most MACs saved; see ``budgeted``)."""
 
     between: Callable[[tuple, tuple], tuple | None] | None = None
     cap: float | None = None
     progress: bool = False
+    fallback: Callable[[], tuple] | None = None
 
 
 def search(
@@ -163,41 +167,25 @@ def search(
     """Rounds of choose → measure (see module docstring). ``select_at(μ)`` returns ``(selection, layers,
     saved_s)`` with ``selection.choice`` and ``selection.predicted_error``; ``measure(layers)`` the whole-model
     speedup. Returns the winning state and the rounds (the winner marked ``chosen``)."""
-    between, cap, progress = options.between, options.cap, options.progress
+    between, cap = options.between, options.cap
     rounds: list[dict] = []
     states: dict[str, tuple] = {}
     multiplier = 1.0
-    for index in range(MAX_ROUNDS):
+    for _ in range(MAX_ROUNDS):
         state = _unmeasured(select_at, multiplier, rounds, states, target, cap)
         if state is None and between is not None:
             state = _bisected(between, rounds, states, target)
-        if state is None:
+        if state is None or state[1][2] <= 0:
             break
-        multiplier, (selection, layers, saved) = state
-        if saved <= 0:
-            break
-        measurements = [measure(layers)]
-        if measurements[0] >= target:  # a reading that could win: confirm it (see the module docstring)
-            measurements.append(measure(layers))
-        measured = math.prod(measurements) ** (1 / len(measurements))
-        key = _key(selection)
-        states[key] = (selection, layers, saved)
-        rounds.append(
-            {
-                "round": index + 1,
-                "multiplier": multiplier,
-                "saved_fraction": saved / base_s,
-                "measured_speedup": measured,
-                "measurements": measurements,
-                "predicted_error": selection.predicted_error,
-                "_key": key,
-            }
-        )
-        if progress:
-            print(f"  plan round {index + 1}: need x{multiplier:.2f}, whole model measured {measured:.2f}x")
+        measured = _measure_round(state, measure, (rounds, states), target, base_s, options.progress)
         if target <= measured <= target * OVERSHOOT:
             break
         multiplier = propose(rounds, target, cap)
+    if options.fallback is not None and rounds and max(r["measured_speedup"] for r in rounds) < target:
+        state = options.fallback()
+        if _key(state[0]) not in states and state[2] > 0:
+            _measure_round((cap or 1.0, state), measure, (rounds, states), target, base_s, options.progress)
+            rounds[-1]["fallback"] = True
     if not rounds:
         return select_at(1.0), []
     best = pick_round(rounds, target)
@@ -207,6 +195,33 @@ def search(
         r.pop("_key")
         r["multiplier"] = round(r["multiplier"], 4)
     return winner, rounds
+
+
+def _measure_round(state, measure, seen: tuple[list, dict], target, base_s, progress) -> float:
+    """Measure ``state`` = (μ, (selection, layers, saved)), confirming a reading that reaches the target (see
+    the module docstring); append its round to ``seen`` = (rounds, states by key). Returns its speedup."""
+    rounds, states = seen
+    multiplier, (selection, layers, saved) = state
+    measurements = [measure(layers)]
+    if measurements[0] >= target:
+        measurements.append(measure(layers))
+    measured = math.prod(measurements) ** (1 / len(measurements))
+    key = _key(selection)
+    states[key] = (selection, layers, saved)
+    rounds.append(
+        {
+            "round": len(rounds) + 1,
+            "multiplier": multiplier,
+            "saved_fraction": saved / base_s,
+            "measured_speedup": measured,
+            "measurements": measurements,
+            "predicted_error": selection.predicted_error,
+            "_key": key,
+        }
+    )
+    if progress:
+        print(f"  plan round {len(rounds)}: need x{multiplier:.2f}, whole model measured {measured:.2f}x")
+    return measured
 
 
 def _key(selection) -> str:

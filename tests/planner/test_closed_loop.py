@@ -156,3 +156,49 @@ def test_a_round_that_reaches_the_target_is_measured_again():
     chosen = next(r for r in rounds if r.get("chosen"))
     assert len(chosen["measurements"]) == 2, rounds  # the round that ended the search was confirmed
     assert true_measure(layers) >= target / 1.08**0.5 - 1e-9  # at most half the first reading's bias
+
+
+def test_fallback_is_measured_only_when_every_round_falls_short():
+    """At a target beyond the layer sums every multiplier gives one selection; if it measures short, the
+    fallback (the planner's: most MACs saved) is measured once more and wins when it reaches the target."""
+    base_s, target = 0.1, 3.0
+    capped = _Selection({0: "rank 2"}, 0.5), ["capped"], 0.05
+    fewest_macs = _Selection({0: "rank 1"}, 0.9), ["fewest"], 0.045
+    speed = {"capped": 2.34, "fewest": 3.21}
+    calls = []
+
+    def fallback():
+        calls.append(1)
+        return fewest_macs
+
+    def measure(layers):
+        return speed[layers[0]]
+
+    options = SearchOptions(cap=1.0, fallback=fallback)
+    (_, layers, _), rounds = search(lambda m: capped, measure, target, base_s, options)
+    assert layers == ["fewest"] and len(calls) == 1
+    assert [r.get("fallback", False) for r in rounds] == [False, True]
+    assert next(r for r in rounds if r.get("chosen"))["measured_speedup"] == pytest.approx(3.21)
+
+    speed["capped"] = 3.1  # the search's own round reaches the target: no fallback
+    (_, layers, _), rounds = search(lambda m: capped, measure, target, base_s, options)
+    assert layers == ["capped"] and len(calls) == 1 and len(rounds) == 1
+
+    speed.update(capped=2.34, fewest=2.0)  # the fallback is slower still: the fastest round is kept
+    (_, layers, _), rounds = search(lambda m: capped, measure, target, base_s, options)
+    assert layers == ["capped"] and len(rounds) == 2
+
+
+def test_fewest_macs_table_saves_macs_among_options_measured_faster():
+    from convslim.planner.budget import select
+    from convslim.planner.budgeted import macs_table
+    from convslim.planner.candidates import Candidate
+
+    def cand(rank, macs, ratio):
+        c = Candidate("a", "dwsep", {"rank": rank}, {"rank": rank}, macs=macs, params=0, dense_macs=900)
+        c.measured.update(ratio=ratio, damage=0.1 / (1 + rank), saved_s=1e-3 * (1 - ratio))
+        return c
+
+    # rank 2 measured (noisily) faster than rank 1; rank 0 stands for a cheaper option measured slower
+    table = macs_table({"a": [cand(1, 200, 0.52), cand(2, 400, 0.50), cand(0, 100, 1.1)]})
+    assert select(table, need=float("inf")).choice == {"a": 'dwsep:{"rank": 1}'}
