@@ -39,8 +39,8 @@ from convslim.passes.apply_plan import apply_plan
 from convslim.passes.prepare import prepare
 from convslim.planner import damage
 from convslim.planner.budget import Choice, select
-from convslim.planner.budgeted import _choice, _PlanBuilder
 from convslim.planner.candidates import candidates_for, parse_forms
+from convslim.planner.table import PlanBuilder, choice_of
 
 
 def measured_candidates(prepared, source: dict) -> dict:
@@ -115,10 +115,10 @@ def main() -> None:
     else:
         faster = [c for cs in per_layer.values() for c in cs if c.measured.get("ratio", 2.0) < 1.0]
         damage.measure_damage(prepared.traced.module, faster, (images[: args.probes],), refit=True)
-        table = {n: [_choice(c, "target_speedup", scale) for c in cs] for n, cs in per_layer.items()}
+        table = {n: [choice_of(c, "target_speedup", scale) for c in cs] for n, cs in per_layer.items()}
     need = planning["original_ms"] / 1e3 * (1 - 1 / source["options"]["target_speedup"])
     chosen = select(table, need=need)
-    layers, saved = _PlanBuilder(prepared, per_layer, {}, {n: [] for n in per_layer}, scale)(chosen)
+    layers, saved = PlanBuilder(prepared, per_layer, {}, {n: [] for n in per_layer}, scale)(chosen)
     plan = Plan(form="dwsep", options=source["options"], layers=layers, planning={"saved_s": saved})
     atomic_write_text(args.out, plan.to_json())
     print(" ".join(f"{d.name}:{d.setting.get('rank', d.form) if d.form else '-'}" for d in layers))

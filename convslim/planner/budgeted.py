@@ -22,18 +22,18 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from convslim.core import LayerDecision, Plan, Prepared, dense_cost
 from convslim.core.samples import CALIBRATION_BATCH
-from convslim.planner.budget import Choice, Selection, blend, select
-from convslim.planner.candidates import Candidate, candidates_for
+from convslim.planner.budget import Selection, blend, select
+from convslim.planner.candidates import Candidate
 from convslim.planner.closed_loop import SearchOptions, WholeModelTiming, measure_plan_speedup, search
 from convslim.planner.compose import layer_scale, layer_total, max_multiplier, predicted_time
 from convslim.planner.damage import measure_damage, probe_inputs
 from convslim.planner.latency import LatencyCache, measure_candidates, time_model
 from convslim.planner.request import PlanRequest
-from convslim.planner.uniform import decide, site_skip_reason
+from convslim.planner.table import PlanBuilder, choice_of, gather_candidates, macs_table
 from convslim.planner.verdict import layer_timings, verdict
 from convslim.runtime.export import ExportSettings, export_bytes
 from convslim.runtime.int8 import Calibration
@@ -61,9 +61,10 @@ def plan_to_budget(prepared: Prepared, to: str | Sequence[str] = "auto", **optio
     original = _original_times(prepared, request, calibration)
     scale = layer_scale(original.base_s, layer_total(layers.per_layer))  # see compose: scaled to the model
     table = {
-        layer: [_choice(c, request.budget, scale) for c in cands] for layer, cands in layers.per_layer.items()
+        layer: [choice_of(c, request.budget, scale) for c in cands]
+        for layer, cands in layers.per_layer.items()
     }
-    build = _PlanBuilder(prepared, layers.per_layer, layers.skipped, layers.reasons, scale)
+    build = PlanBuilder(prepared, layers.per_layer, layers.skipped, layers.reasons, scale)
     total_macs = sum(dense_cost(s).macs for s in prepared.sites)
     loop = _Loop(prepared, request, original.onnx, calibration)
     outcome = _choose(request, table, build, loop, original, total_macs)
@@ -88,7 +89,9 @@ class _Layers:
 
 def _measure_layers(prepared: Prepared, request: PlanRequest, cache: LatencyCache) -> _Layers:
     sites = {s.name: s for s in prepared.sites}
-    skipped, per_layer, reasons = _gather(prepared.sites, request.forms, request.exclude, request.grid)
+    skipped, per_layer, reasons = gather_candidates(
+        prepared.sites, request.forms, request.exclude, request.grid
+    )
     everything = [c for cands in per_layer.values() for c in cands]
     module = prepared.traced.module
     measure_candidates(module, sites, everything, request.layer_timing(), cache)
@@ -196,25 +199,6 @@ def _planning(request: PlanRequest, original: _Original, outcome: _Outcome, scal
     }
 
 
-class _PlanBuilder:
-    """Turns a selection into the plan's layer decisions and the summed measured saving (seconds)."""
-
-    def __init__(self, prepared, per_layer, skipped, reasons, scale: float = 1.0):
-        self.prepared, self.per_layer, self.skipped, self.reasons = prepared, per_layer, skipped, reasons
-        self.scale = scale
-
-    def __call__(self, chosen) -> tuple[list[LayerDecision], float]:
-        layers = _decisions(self.prepared.sites, self.per_layer, chosen.choice, self.skipped, self.reasons)
-        layers += [LayerDecision.skipped(n, r) for n, r in self.prepared.traced.unconvertible.items()]
-        saved = self.scale * sum(
-            c.measured["saved_s"]
-            for cands in self.per_layer.values()
-            for c in cands
-            if chosen.choice.get(c.layer) == c.key
-        )
-        return layers, saved
-
-
 @dataclass(frozen=True)
 class _Loop:
     """What the closed loop measures with: the model, the request (target, batch, opset, progress), the original
@@ -242,7 +226,7 @@ class SpeedGoal:
     base_s: float
 
 
-def _close_the_loop(loop: _Loop, goal: SpeedGoal, table: dict, build: _PlanBuilder):
+def _close_the_loop(loop: _Loop, goal: SpeedGoal, table: dict, build: PlanBuilder):
     """Search on whole-model measurements (see closed_loop); returns the winner and the rounds, each round with
     its speedup's spread and runs and the SHA-256 of the planned model it timed (the bytes the user receives)."""
     details: list[dict] = []
@@ -287,79 +271,3 @@ def _close_the_loop(loop: _Loop, goal: SpeedGoal, table: dict, build: _PlanBuild
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _gather(sites, forms, exclude, grid):
-    skipped: dict[str, str] = {}
-    per_layer: dict[str, list[Candidate]] = {}
-    reasons: dict[str, list[str]] = {}
-    for site in sites:
-        reason = site_skip_reason(site, exclude)
-        if reason is not None:
-            skipped[site.name] = reason
-        else:
-            per_layer[site.name], reasons[site.name] = candidates_for(site, forms, grid)
-    return skipped, per_layer, reasons
-
-
-def macs_table(per_layer: dict[str, list[Candidate]]) -> dict[str, list[Choice]]:
-    """The selector's table with MACs saved in place of time saved (options measured slower stay out): at a
-    target beyond what the layer timings add up to, near-tied timings can pick a costlier option whose whole
-    model measures far slower (README: 2.34x against 3.21x for ResNet-20 at x3), so the closed loop measures
-    the fewest-MACs selection too before it says a target cannot be reached."""
-    return {layer: [_choice(c, "target_macs") for c in cands] for layer, cands in per_layer.items()}
-
-
-def _choice(c: Candidate, budget: str, scale: float = 1.0) -> Choice:
-    m = c.measured
-    if "error" in m or "damage" not in m:
-        return Choice(c.layer, c.key, saving=0.0, damage=float("nan"), ratio=float("inf"))
-    saving = m["saved_s"] * scale if budget != "target_macs" else float(c.dense_macs - c.macs)
-    return Choice(c.layer, c.key, saving=saving, damage=m["damage"], ratio=m["ratio"])
-
-
-def _summary(c: Candidate) -> dict:
-    m = c.measured
-    if "error" in m:
-        return {"form": c.form, "options": c.options, "error": m["error"]}
-    return {
-        "form": c.form,
-        "options": c.options,
-        "ratio": round(m["ratio"], 4),
-        "damage": round(m["damage"], 6) if "damage" in m else None,  # None: slower, so not worth measuring
-        "saved_ms": round(m["saved_s"] * 1e3, 4),
-        "orig_ms": round(m["orig_s"] * 1e3, 4),
-        "cand_ms": round(m["cand_s"] * 1e3, 4),
-    }
-
-
-def _decisions(sites, per_layer, choice, skipped, reasons) -> list[LayerDecision]:
-    layers = []
-    for site in sites:
-        if site.name in skipped:
-            layers.append(decide(site, None, {}, reason=skipped[site.name]))
-            continue
-        cands = per_layer[site.name]
-        tried = [_summary(c) for c in cands]
-        picked = next((c for c in cands if choice.get(site.name) == c.key), None)
-        if picked is None:
-            decision = decide(site, None, {}, reason=_why_kept(cands, reasons[site.name]))
-        else:
-            decision = decide(site, picked.form, picked.setting)
-        measured = {"candidates": tried}
-        if picked is not None:
-            measured.update(
-                chosen=picked.key,
-                **{k: v for k, v in _summary(picked).items() if k not in ("form", "options")},
-            )
-        layers.append(replace(decision, measured=measured))
-    return layers
-
-
-def _why_kept(cands: list[Candidate], reasons: list[str]) -> str:
-    if not cands:
-        return "no form applies: " + ("; ".join(reasons[:3]) or "no candidates")
-    ok = [c for c in cands if "error" not in c.measured and c.measured.get("ratio", 2.0) < 1.0]
-    if not ok:
-        return "every candidate measured as slow as or slower than the original layer"
-    return "budget met without rewriting this layer"

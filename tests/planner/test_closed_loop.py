@@ -187,18 +187,3 @@ def test_fallback_is_measured_only_when_every_round_falls_short():
     speed.update(capped=2.34, fewest=2.0)  # the fallback is slower still: the fastest round is kept
     (_, layers, _), rounds = search(lambda m: capped, measure, target, base_s, options)
     assert layers == ["capped"] and len(rounds) == 2
-
-
-def test_fewest_macs_table_saves_macs_among_options_measured_faster():
-    from convslim.planner.budget import select
-    from convslim.planner.budgeted import macs_table
-    from convslim.planner.candidates import Candidate
-
-    def cand(rank, macs, ratio):
-        c = Candidate("a", "dwsep", {"rank": rank}, {"rank": rank}, macs=macs, params=0, dense_macs=900)
-        c.measured.update(ratio=ratio, damage=0.1 / (1 + rank), saved_s=1e-3 * (1 - ratio))
-        return c
-
-    # rank 2 measured (noisily) faster than rank 1; rank 0 stands for a cheaper option measured slower
-    table = macs_table({"a": [cand(1, 200, 0.52), cand(2, 400, 0.50), cand(0, 100, 1.1)]})
-    assert select(table, need=float("inf")).choice == {"a": 'dwsep:{"rank": 1}'}
