@@ -109,13 +109,16 @@ def ablation_setting(text: str) -> tuple[str, object]:
 def run_profile(args, settings: dict) -> None:
     """``--profile``: where one stage-2 step's time goes on the plan, against plain training (see
     ``finetune_profile``)."""
-    from finetune_profile import profile
+    from finetune_profile import profile, variants
 
     xt, yt = cifar_arrays("train10k")
     xv, yv = cifar_arrays("val5k")
     plan = Plan.from_json(Path(args.plan).read_text(), args.plan)
     s = FinetuneSettings(**{k: v for k, v in settings.items() if k != "measure_speed"})
-    result = profile(cifar_model(args.model), plan, ArrayData(xt, yt), ArrayData(xv, yv), s, args.rounds)
+    if args.variants:
+        result = variants(cifar_model(args.model), plan, ArrayData(xt, yt), s)
+    else:
+        result = profile(cifar_model(args.model), plan, ArrayData(xt, yt), ArrayData(xv, yv), s, args.rounds)
     print(json.dumps(result, indent=1))
 
 
@@ -145,6 +148,11 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="profile one stage-2 step on --plan instead")
     parser.add_argument("--rounds", type=int, default=3, help="--profile: alternating rounds of timing")
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="--profile: the student's step eager, under torch.compile and with 1x1 convs as matmuls",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = dict(ablation_setting(text) for text in args.set)

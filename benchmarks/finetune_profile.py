@@ -7,6 +7,11 @@ forward, the student's forward, loss + backward, the optimiser; validation is th
 validation images. Phases are timed with the library's own loops (``distill.feature_phase`` / ``kd_phase``),
 phase B with the teacher replayed (its default after phase A) and live. "stage 2" weighs the two phases as the
 recipe's time budget does (``feature_fraction`` of the time in phase A).
+
+``--variants`` times the student's step three ways in alternating blocks: as the library runs it (eager),
+under ``torch.compile`` (inductor, its compile time apart) and with its 1x1 convs run as matmuls over
+channels-last tensors, each against plain training of the original; the library keeps whichever measures
+fastest (today eager: README "Where the minutes go").
 """
 
 from __future__ import annotations
@@ -123,3 +128,68 @@ def profile(model, plan, train, val, s: FinetuneSettings, rounds: int = 3, steps
     evaluate(student, teacher, val, "cpu")
     out["validation_s"] = round(time.perf_counter() - start, 2)
     return out
+
+
+class PointwiseAsMatmul(torch.nn.Module):
+    """A plain 1x1 conv run as ``F.linear`` over the channels of a channels-last tensor (the same weights; the
+    output keeps the channels-last layout). A variant of the student step, not a library component."""
+
+    def __init__(self, conv: torch.nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        weight = c.weight.view(c.out_channels, c.in_channels)
+        return F.linear(x.permute(0, 2, 3, 1), weight, c.bias).permute(0, 3, 1, 2)
+
+
+def _with_matmul_pointwise(student: torch.nn.Module) -> torch.nn.Module:
+    twin = copy.deepcopy(student)
+    for parent in list(twin.modules()):
+        for name, child in list(parent.named_children()):
+            plain = type(child) is torch.nn.Conv2d and child.kernel_size == (1, 1) and child.groups == 1
+            if plain and child.stride == (1, 1) and child.padding in ((0, 0), "valid"):
+                setattr(parent, name, PointwiseAsMatmul(child))
+    return twin
+
+
+def variants(model, plan, train, s: FinetuneSettings, rounds: int = 8, steps: int = 4) -> dict:
+    """The student's training step (forward, KD loss, backward, optimiser; teacher outputs precomputed) as the
+    library runs it (eager), under ``torch.compile`` (inductor), and with its 1x1 convs run as matmuls, against
+    plain training of the original: medians of alternating blocks of ``steps`` steps, milliseconds per step."""
+    teacher, student, _ = _models(model, plan, train, s)
+    batches = training_batches(train, s, torch.Generator().manual_seed(0), "cpu")
+    data = [next(batches) for _ in range(steps)]
+    with torch.no_grad():
+        targets = [teacher(b.x) for b in data]
+    original = copy.deepcopy(model).to(memory_format=torch.channels_last).train()
+    nets = {"eager": student, "torch.compile": torch.compile(student), "1x1 as matmul": None}
+    nets["1x1 as matmul"] = _with_matmul_pointwise(student)
+    optimizers = {
+        k: make_optimizer([p for p in m.parameters() if p.requires_grad], s) for k, m in nets.items()
+    }
+
+    def step(key: str, i: int) -> None:
+        nets[key].train()
+        out = nets[key](data[i].x)
+        optimizers[key].zero_grad(set_to_none=True)
+        kd_loss(out, targets[i], data[i].y, s.temperature, s.ce_weight).backward()
+        optimizers[key].step()
+
+    start = time.perf_counter()
+    step("torch.compile", 0)  # compiles
+    result: dict = {"compile_s": round(time.perf_counter() - start, 1)}
+    plain_opt = make_optimizer(list(original.parameters()), s)
+    ms: dict[str, list[float]] = {k: [] for k in [*nets, "plain training of the original"]}
+    for _ in range(rounds):
+        for key in nets:
+            start = time.perf_counter()
+            for i in range(steps):
+                step(key, i)
+            ms[key].append((time.perf_counter() - start) / steps * 1e3)
+        block = iter(data * 2)
+        plain_s = _plain_block(original, plain_opt, block, steps)
+        ms["plain training of the original"].append(plain_s / steps * 1e3)
+    result["ms_per_step"] = {k: round(statistics.median(v), 1) for k, v in ms.items()}
+    return result
