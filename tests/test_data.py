@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from convslim.errors import UsageError
-from convslim.inputs.data import check_inputs, check_labels, load_data, parse_floats, parse_size
+from convslim.inputs.data import Preprocess, check_inputs, check_labels, load_data, parse_floats, parse_size
 
 
 def _images(folder, n, size=(8, 6), seed=0):
@@ -111,3 +111,20 @@ def test_bad_files_and_flags(tmp_path):
     assert parse_size("32") == (32, 32) and parse_size("32,48") == (32, 48)
     with pytest.raises(UsageError):
         parse_size("0")
+
+
+@pytest.mark.parametrize(
+    "mean, std, box",
+    [
+        (None, None, ((0.0,), (1.0,))),
+        ([0.5], [0.25], ((-2.0,), (2.0,))),
+        ([0.5, 0.25], [0.5], ((-1.0, -0.5), (1.0, 1.5))),
+    ],
+)
+def test_pixel_box_is_where_prepared_pixels_lie(mean, std, box):
+    assert Preprocess(mean=mean, std=std).pixel_box() == box
+
+
+def test_pixel_box_refuses_mismatched_mean_and_std():
+    with pytest.raises(UsageError, match="one per channel"):
+        Preprocess(mean=[0.1, 0.2], std=[0.3, 0.4, 0.5]).pixel_box()

@@ -125,6 +125,23 @@ def test_jitter_flip_and_prior_still_match_the_statistics(net):
     assert made.record.bn_loss_end < 0.3 * made.record.bn_loss_start
 
 
+def test_images_stay_in_the_pixel_box_and_still_match_the_statistics(net):
+    """The smooth images' pixels lie in about [-4, 4]; a box of a real image's range keeps every pixel in it."""
+    box = ((-3.0, -2.5, -2.0), (3.0, 2.5, 2.0))
+    made = synthesize(net, EXAMPLE, quick(box=box))
+    low, high = (torch.tensor(side).view(1, 3, 1, 1) for side in box)
+    assert ((made.x >= low) & (made.x <= high)).all()
+    assert (made.x == high).any() or (made.x == low).any()  # the box did bind: unbounded images go past it
+    assert made.record.bn_loss_end < 0.3 * made.record.bn_loss_start
+    assert made.record.settings["box"] == box
+
+
+@pytest.mark.parametrize("box", [((1.0,), (0.0,)), ((0.0, 0.0), (1.0, 1.0))])
+def test_a_bad_pixel_box_is_refused(net, box):
+    with pytest.raises(UsageError, match="pixel box"):
+        synthesize(net, EXAMPLE, quick(box=box))
+
+
 def test_time_cap_stops_between_batches(net):
     """A fake clock, 10 s a call: after the first batch another one would end past the 15 s cap."""
     ticks = itertools.count(0, 10)

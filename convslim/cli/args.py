@@ -14,6 +14,7 @@ import torch
 from convslim.core.samples import INT8_CALIBRATION
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings
+from convslim.finetune.datafree import SYNTHETIC_RECIPE
 from convslim.inputs.sets import HeldOut, scored_set, training_set
 
 
@@ -140,18 +141,18 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
         (
             "--mixup",
             float,
-            f"mixup Beta(α, α) on inputs, targets from the teacher; 0: off (default {d.mixup:g})",
+            f"mixup Beta(α, α) on inputs, targets from the teacher; 0: off (default {d.mixup:g}; "
+            f"{SYNTHETIC_RECIPE['mixup']:g} with --data synthetic)",
         ),
         ("--cutout", int, f"side of a square erased from each training view; 0: off (default {d.cutout})"),
         ("--calibration-samples", int, f"samples for stage 1 (default {d.calibration_samples})"),
     )
     for flag, kind, text in tuned:
-        g.add_argument(flag, type=kind, default=getattr(d, flag[2:].replace("-", "_")), help=text)
+        field = flag[2:].replace("-", "_")
+        default = None if field in SYNTHETIC_RECIPE else getattr(d, field)  # None: the data decides
+        g.add_argument(flag, type=kind, default=default, help=text)
     g.add_argument(
-        "--optimizer",
-        choices=("adamw", "sgd"),
-        default=d.optimizer,
-        help=f"optimiser (default {d.optimizer})",
+        "--optimizer", choices=("adamw", "sgd"), default=d.optimizer, help=f"(default {d.optimizer})"
     )
     g.add_argument(
         "--sync-batchnorm",
@@ -189,7 +190,7 @@ def data_sets(args: argparse.Namespace, model, inputs) -> dict:
         if data.skipped:
             print(f"convslim: {flag}: skipped {data.skipped} unreadable image(s)", file=sys.stderr)
     if count is not None:
-        sets["--data"] = _synthetic(args, model, inputs, count)
+        sets["--data"] = _synthetic(args, model, inputs, count, preprocess.pixel_box())
     return sets
 
 
@@ -200,14 +201,16 @@ def held_out(args: argparse.Namespace) -> HeldOut:
     return HeldOut(args.val_split, args.seed)
 
 
-def _synthetic(args: argparse.Namespace, model, inputs, count: int):
+def _synthetic(args: argparse.Namespace, model, inputs, count: int, box):
     from convslim import parallel
     from convslim.finetune.datafree import generation_settings
     from convslim.finetune.hook import check_finetunable
     from convslim.inputs.synthetic import synthesize
 
     check_finetunable(model, inputs)
-    settings = generation_settings(count, args.finetune_minutes, seed=args.seed, progress=not args.quiet)
+    settings = generation_settings(
+        count, args.finetune_minutes, seed=args.seed, progress=not args.quiet, box=box
+    )
     made = synthesize(model, inputs, settings)
     if parallel.is_main():
         print(f"convslim: no training data: {made.record.describe()}", file=sys.stderr)

@@ -10,6 +10,10 @@ expects), Adam optimises the *inputs* so that the batch statistics of every Batc
 optionally plus DeepInversion's extras (Yin et al. 2020): the loss taken on a randomly shifted (``jitter``) and
 flipped (``flip``) view of x, an image prior  w_tv · mean ‖∇x‖² (``prior_weight``), and a term for confident,
 class-balanced outputs  w_out · CE(f(x), y) with targets y cycling through the classes (``output_weight``).
+With ``box`` (per channel, the range a real image's pixels take in the model's input space: [0, 1] mapped by
+the normalisation, ``Preprocess.pixel_box``; the CLI sets it from ``--mean``/``--std``) every step projects x into
+it, x ← min(max(x, low), high), as DeepInversion clips its images: unbounded, the statistics are met by pixels
+no image has (ResNet-20's CIFAR images reached −8.2 where real ones stop at −2.1).
 The statistics are read from the model given (the user's original, before convslim folds BatchNorm into the
 convs), through forward pre-hooks on a frozen copy in eval mode; the model itself is never changed.
 
@@ -56,6 +60,9 @@ class SynthesisSettings:
     flip: bool = True  # random left-right flip per step
     prior_weight: float = 0.0  # w_tv: smoothness prior on the image
     output_weight: float = 0.0  # w_out: confident, class-balanced outputs
+    # per-channel (low, high) of a real image in the model's input space, e.g. ((0 − mean) / std, (1 − mean) / std)
+    # (``pixel_box``): each step projects x into it; None: unbounded
+    box: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     seconds: float | None = None  # stop making batches when another round would overrun this
     progress: bool = True
 
@@ -66,6 +73,8 @@ class SynthesisSettings:
             raise UsageError("synthesis steps, batch size and learning rate must be positive")
         if (self.jitter or 0) < 0 or self.prior_weight < 0 or self.output_weight < 0:
             raise UsageError("synthesis jitter and loss weights must be ≥ 0")
+        if self.box is not None and any(lo >= hi for lo, hi in zip(*self.box, strict=True)):
+            raise UsageError(f"synthesis pixel box: every low must be below its high, got {self.box}")
 
 
 @dataclass(frozen=True)
@@ -240,6 +249,8 @@ def _make_batch(net: nn.Module, probe: BatchNormProbe, which: tuple[int, int], s
     gen = torch.Generator().manual_seed(s.seed * 1_000_003 + index)
     device = _device(net)
     x = torch.randn((size, *shape), generator=gen).to(device).contiguous(memory_format=torch.channels_last)
+    low, high = _box_tensors(s.box, shape, device)
+    _project_(x, low, high)
     x.requires_grad_(True)
     targets = (torch.arange(size) + index * s.batch_size).to(device)
     opt = torch.optim.Adam([x], lr=s.lr, betas=(0.5, 0.9))
@@ -252,11 +263,32 @@ def _make_batch(net: nn.Module, probe: BatchNormProbe, which: tuple[int, int], s
         (grad,) = torch.autograd.grad(loss, x)
         x.grad = grad
         opt.step()
+        _project_(x, low, high)
         bar.update(1)
     with torch.no_grad():
         net(x)
         end = float(probe.take())
     return {"x": x.detach().contiguous().cpu(), "start": start, "end": end}
+
+
+def _box_tensors(box, shape, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``box`` as (1, C, 1, 1) bounds; a single value per side applies to every channel."""
+    if box is None:
+        return None, None
+    channels = shape[0]
+    bounds = []
+    for side in box:
+        values = torch.tensor(side, dtype=torch.float32, device=device).flatten()
+        if values.numel() not in (1, channels):
+            raise UsageError(f"synthesis pixel box: {values.numel()} values for {channels} input channels")
+        bounds.append(values.expand(channels).reshape(1, channels, 1, 1))
+    return bounds[0], bounds[1]
+
+
+@torch.no_grad()
+def _project_(x: torch.Tensor, low: torch.Tensor | None, high: torch.Tensor | None) -> None:
+    if low is not None:
+        x.copy_(torch.maximum(torch.minimum(x, high), low))
 
 
 def _view(x: torch.Tensor, gen: torch.Generator, s: SynthesisSettings) -> torch.Tensor:

@@ -18,6 +18,7 @@ from convslim.cli import main
 from convslim.cli.args import files_to_save
 from convslim.errors import UsageError
 from convslim.finetune import from_synthetic, generation_settings
+from convslim.finetune.datafree import SYNTHETIC_RECIPE
 from convslim.inputs.data import ArrayData, load_data
 from convslim.inputs.synthetic import SynthesisRecord, SynthesisSettings, SyntheticData
 
@@ -52,6 +53,13 @@ def test_finetunes_on_synthetic_images_and_says_so(tiny):
         "fine-tuning: data none — 16 synthetic images made from the model's BatchNorm statistics in"
         in summary
     )
+
+
+def test_synthetic_images_get_mixup_unless_told_otherwise(tiny):
+    made = from_synthetic(tiny, EXAMPLE, quick(), steps=2, progress=False)
+    assert made.hook.inner.settings.mixup == SYNTHETIC_RECIPE["mixup"] > 0
+    told = from_synthetic(tiny, EXAMPLE, quick(), steps=2, mixup=0.0, progress=False)
+    assert told.hook.inner.settings.mixup == 0.0
 
 
 def test_making_the_images_counts_towards_the_minutes(tiny):
@@ -91,6 +99,7 @@ def test_cli_compress_without_data(tmp_path, capsys, weights):
         "2",
     ]
     argv += ["--batch-size", "8", "--save-synthetic", "--no-speed", "--quiet", "--out", str(out)]
+    argv += ["--mean", "0.5", "--std", "0.25"]  # a real image's pixels then lie in [-2, 2]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert (
@@ -101,7 +110,11 @@ def test_cli_compress_without_data(tmp_path, capsys, weights):
     report = json.loads((out / "report.json").read_text())
     assert report["finetune"]["data"]["images"] == 16
     assert {p.name for p in out.iterdir()} == {Path(p).name for p in report["outputs"].values()}
-    assert load_data(out / "synthetic.pt").x.shape == (16, 3, 16, 16)  # asked for: reusable as --data
+    saved = load_data(out / "synthetic.pt").x
+    assert saved.shape == (16, 3, 16, 16)  # asked for: reusable as --data
+    assert report["finetune"]["data"]["synthesis"]["settings"]["box"] == [[-2.0], [2.0]]
+    assert report["finetune"]["settings"]["mixup"] == SYNTHETIC_RECIPE["mixup"]  # the synthetic default
+    assert saved.abs().max() <= 2.0
     assert (
         "Fine-tuned **without training data**, on 16 synthetic images made from"
         in (out / "report.md").read_text()
