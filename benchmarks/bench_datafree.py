@@ -11,7 +11,9 @@ steps (measured here, interleaved, unless given); the images are as many batches
 
 Stage-1 scores are the recipe's own (``accuracy.stage1``, scored on val5k right after stage 1; stage 2 then runs
 one step). The whole fine-tunes get no validation data (nothing is selected on val5k); val5k is scored once, at
-the end. The synthetic images are made with the defaults of ``convslim.finetune.generation_settings``; with
+the end. The synthetic images are made with the defaults of ``convslim.finetune.generation_settings`` and
+trained on with the library's synthetic recipe (``SYNTHETIC_RECIPE``: mixup, so the teacher runs live; charge
+that with ``--steps``, e.g. 0.9× as many); with
 ``--cache DIR`` they are saved there once and reused (the ×2 and the rank-1 rows share them: same original).
 
 Run from the repository root (needs ../shared/data), e.g. one thread per job on a shared machine:

@@ -104,6 +104,32 @@ def form_options(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in registry_options() if getattr(args, k, None) is not None}
 
 
+def _tuned_flags(d: FinetuneSettings) -> tuple:
+    """(flag, type, help) of the recipe's numeric settings, with their defaults in the help."""
+    return (
+        ("--batch-size", int, f"fine-tuning batch size (default {d.batch_size})"),
+        ("--lr", float, f"peak learning rate of the {d.schedule} schedule (default {d.lr:g})"),
+        ("--weight-decay", float, f"weight decay (default {d.weight_decay:g})"),
+        ("--temperature", float, f"distillation temperature T (default {d.temperature:g})"),
+        ("--ce-weight", float, f"cross-entropy weight when labels exist (default {d.ce_weight:g})"),
+        ("--feature-weight", float, f"end-to-end feature matching weight (default {d.feature_weight:g})"),
+        ("--feature-fraction", float, f"share of stage 2 spent block-wise (default {d.feature_fraction:g})"),
+        (
+            "--mixup",
+            float,
+            f"mixup Beta(α, α) on inputs, targets from the teacher; 0: off (default {d.mixup:g}; "
+            f"{SYNTHETIC_RECIPE['mixup']:g} with --data synthetic)",
+        ),
+        (
+            "--cutout",
+            int,
+            f"side of a square erased from each training view; 0: off (default {d.cutout}; "
+            f"{SYNTHETIC_RECIPE['cutout']} with --data synthetic)",
+        ),
+        ("--calibration-samples", int, f"samples for stage 1 (default {d.calibration_samples})"),
+    )
+
+
 def add_finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and fine-tuning (fine-tunes when --data is given)")
     g.add_argument(
@@ -130,23 +156,7 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--finetune-minutes", type=float, help="wall-time budget for the whole fine-tune")
     d = FinetuneSettings()  # the one home of the recipe's defaults (see README "Fine-tuning recipe")
-    tuned = (
-        ("--batch-size", int, f"fine-tuning batch size (default {d.batch_size})"),
-        ("--lr", float, f"peak learning rate of the {d.schedule} schedule (default {d.lr:g})"),
-        ("--weight-decay", float, f"weight decay (default {d.weight_decay:g})"),
-        ("--temperature", float, f"distillation temperature T (default {d.temperature:g})"),
-        ("--ce-weight", float, f"cross-entropy weight when labels exist (default {d.ce_weight:g})"),
-        ("--feature-weight", float, f"end-to-end feature matching weight (default {d.feature_weight:g})"),
-        ("--feature-fraction", float, f"share of stage 2 spent block-wise (default {d.feature_fraction:g})"),
-        (
-            "--mixup",
-            float,
-            f"mixup Beta(α, α) on inputs, targets from the teacher; 0: off (default {d.mixup:g}; "
-            f"{SYNTHETIC_RECIPE['mixup']:g} with --data synthetic)",
-        ),
-        ("--cutout", int, f"side of a square erased from each training view; 0: off (default {d.cutout})"),
-        ("--calibration-samples", int, f"samples for stage 1 (default {d.calibration_samples})"),
-    )
+    tuned = _tuned_flags(d)
     for flag, kind, text in tuned:
         field = flag[2:].replace("-", "_")
         default = None if field in SYNTHETIC_RECIPE else getattr(d, field)  # None: the data decides
@@ -190,7 +200,7 @@ def data_sets(args: argparse.Namespace, model, inputs) -> dict:
         if data.skipped:
             print(f"convslim: {flag}: skipped {data.skipped} unreadable image(s)", file=sys.stderr)
     if count is not None:
-        sets["--data"] = _synthetic(args, model, inputs, count, preprocess.pixel_box())
+        sets["--data"] = _synthetic(args, model, inputs, count)
     return sets
 
 
@@ -201,16 +211,14 @@ def held_out(args: argparse.Namespace) -> HeldOut:
     return HeldOut(args.val_split, args.seed)
 
 
-def _synthetic(args: argparse.Namespace, model, inputs, count: int, box):
+def _synthetic(args: argparse.Namespace, model, inputs, count: int):
     from convslim import parallel
     from convslim.finetune.datafree import generation_settings
     from convslim.finetune.hook import check_finetunable
     from convslim.inputs.synthetic import synthesize
 
     check_finetunable(model, inputs)
-    settings = generation_settings(
-        count, args.finetune_minutes, seed=args.seed, progress=not args.quiet, box=box
-    )
+    settings = generation_settings(count, args.finetune_minutes, seed=args.seed, progress=not args.quiet)
     made = synthesize(model, inputs, settings)
     if parallel.is_main():
         print(f"convslim: no training data: {made.record.describe()}", file=sys.stderr)
