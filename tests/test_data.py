@@ -116,15 +116,15 @@ def test_bad_files_and_flags(tmp_path):
 @pytest.mark.parametrize(
     "mean, std, box",
     [
-        (None, None, ((0.0,), (1.0,))),
-        ([0.5], [0.25], ((-2.0,), (2.0,))),
+        (None, None, ((0.0, 0.0), (1.0, 1.0))),
+        ([0.5], [0.25], ((-2.0, -2.0), (2.0, 2.0))),
         ([0.5, 0.25], [0.5], ((-1.0, -0.5), (1.0, 1.5))),
     ],
 )
 def test_pixel_box_is_where_prepared_pixels_lie(mean, std, box):
-    assert Preprocess(mean=mean, std=std).pixel_box() == box
+    assert Preprocess(mean=mean, std=std).pixel_box(2) == box
 
 
-def test_pixel_box_refuses_mismatched_mean_and_std():
-    with pytest.raises(UsageError, match="one per channel"):
-        Preprocess(mean=[0.1, 0.2], std=[0.3, 0.4, 0.5]).pixel_box()
+def test_pixel_box_refuses_values_that_do_not_fit_the_channels():
+    with pytest.raises(UsageError, match="--std has 3 values but the model's input has 2 channels"):
+        Preprocess(mean=[0.1, 0.2], std=[0.3, 0.4, 0.5]).pixel_box(2)

@@ -279,25 +279,20 @@ class Preprocess:
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
 
-    def pixel_box(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per channel, where a real image's pixels lie once prepared: [0, 1] mapped by ``(p − mean) / std``.
+    def pixel_box(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per channel, where a real image's pixels lie once prepared: [0, 1] mapped by ``(p − mean) / std``
+        (the same per-channel values and checks as loading applies).
 
         Example:
-            >>> Preprocess(mean=[0.5], std=[0.25]).pixel_box()
-            ((-2.0,), (2.0,))
+            >>> Preprocess(mean=[0.5], std=[0.25]).pixel_box(3)
+            ((-2.0, -2.0, -2.0), (2.0, 2.0, 2.0))
         """
-        mean = [float(v) for v in self.mean] if self.mean is not None else [0.0]
-        std = [float(v) for v in self.std] if self.std is not None else [1.0]
-        if len(mean) != len(std) and 1 not in (len(mean), len(std)):
-            raise UsageError(
-                f"--mean has {len(mean)} values and --std {len(std)}: give one, or one per channel"
-            )
-        if any(v <= 0 for v in std):
-            raise UsageError(f"--std must be positive, got {std}")
-        width = max(len(mean), len(std))
-        mean, std = (v * width if len(v) == 1 else v for v in (mean, std))
-        pairs = list(zip(mean, std, strict=True))
-        return tuple(0.0 - m / d + 0.0 for m, d in pairs), tuple((1 - m) / d for m, d in pairs)
+        where = "the model's input"
+        mean = _per_channel(self.mean if self.mean is not None else [0.0], channels, "--mean", where)
+        std = _per_channel(self.std if self.std is not None else [1.0], channels, "--std", where)
+        if (std <= 0).any():
+            raise UsageError(f"--std must be positive, got {list(self.std)}")
+        return tuple(((0 - mean) / std).tolist()), tuple(((1 - mean) / std).tolist())
 
 
 def load_for_model(
