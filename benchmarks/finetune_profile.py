@@ -164,8 +164,11 @@ def variants(model, plan, train, s: FinetuneSettings, rounds: int = 8, steps: in
     with torch.no_grad():
         targets = [teacher(b.x) for b in data]
     original = copy.deepcopy(model).to(memory_format=torch.channels_last).train()
-    nets = {"eager": student, "torch.compile": torch.compile(student), "1x1 as matmul": None}
-    nets["1x1 as matmul"] = _with_matmul_pointwise(student)
+    nets = {
+        "eager": student,
+        "torch.compile": torch.compile(student),
+        "1x1 as matmul": _with_matmul_pointwise(student),
+    }
     optimizers = {
         k: make_optimizer([p for p in m.parameters() if p.requires_grad], s) for k, m in nets.items()
     }
