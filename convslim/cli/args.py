@@ -120,12 +120,7 @@ def _tuned_flags(d: FinetuneSettings) -> tuple:
             f"mixup Beta(α, α) on inputs, targets from the teacher; 0: off (default {d.mixup:g}; "
             f"{SYNTHETIC_RECIPE['mixup']:g} with --data synthetic)",
         ),
-        (
-            "--cutout",
-            int,
-            f"side of a square erased from each training view; 0: off (default {d.cutout}; "
-            f"{SYNTHETIC_RECIPE['cutout']} with --data synthetic)",
-        ),
+        ("--cutout", int, f"side of a square erased from each training view; 0: off (default {d.cutout})"),
         ("--calibration-samples", int, f"samples for stage 1 (default {d.calibration_samples})"),
     )
 
