@@ -136,7 +136,7 @@ def test_images_stay_in_the_pixel_box_and_still_match_the_statistics(net):
     assert made.record.settings["box"] == box
 
 
-@pytest.mark.parametrize("box", [((1.0,), (0.0,)), ((0.0, 0.0), (1.0, 1.0))])
+@pytest.mark.parametrize("box", [((1.0,), (0.0,)), ((0.0, 0.0), (1.0, 1.0)), ((0.0,), (1.0, -1.0, 1.0))])
 def test_a_bad_pixel_box_is_refused(net, box):
     with pytest.raises(UsageError, match="pixel box"):
         synthesize(net, EXAMPLE, quick(box=box))

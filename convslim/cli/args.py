@@ -157,7 +157,10 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
         default = None if field in SYNTHETIC_RECIPE else getattr(d, field)  # None: the data decides
         g.add_argument(flag, type=kind, default=default, help=text)
     g.add_argument(
-        "--optimizer", choices=("adamw", "sgd"), default=d.optimizer, help=f"(default {d.optimizer})"
+        "--optimizer",
+        choices=("adamw", "sgd"),
+        default=d.optimizer,
+        help=f"optimiser (default {d.optimizer})",
     )
     g.add_argument(
         "--sync-batchnorm",

@@ -74,8 +74,6 @@ class SynthesisSettings:
             raise UsageError("synthesis steps, batch size and learning rate must be positive")
         if (self.jitter or 0) < 0 or self.prior_weight < 0 or self.output_weight < 0:
             raise UsageError("synthesis jitter and loss weights must be ≥ 0")
-        if self.box is not None and any(lo >= hi for lo, hi in zip(*self.box, strict=True)):
-            raise UsageError(f"synthesis pixel box: every low must be below its high, got {self.box}")
 
 
 @dataclass(frozen=True)
@@ -250,7 +248,7 @@ def _make_batch(net: nn.Module, probe: BatchNormProbe, which: tuple[int, int], s
     gen = torch.Generator().manual_seed(s.seed * 1_000_003 + index)
     device = _device(net)
     x = torch.randn((size, *shape), generator=gen).to(device).contiguous(memory_format=torch.channels_last)
-    low, high = _box_tensors(s.box, shape, device)
+    low, high = _box_tensors(s.box, shape[0], device)
     _project_(x, low, high)
     x.requires_grad_(True)
     targets = (torch.arange(size) + index * s.batch_size).to(device)
@@ -272,24 +270,26 @@ def _make_batch(net: nn.Module, probe: BatchNormProbe, which: tuple[int, int], s
     return {"x": x.detach().contiguous().cpu(), "start": start, "end": end}
 
 
-def _box_tensors(box, shape, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _box_tensors(box, channels: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``box`` as (1, C, 1, 1) bounds; a single value per side applies to every channel."""
     if box is None:
         return None, None
-    channels = shape[0]
     bounds = []
     for side in box:
         values = torch.tensor(side, dtype=torch.float32, device=device).flatten()
         if values.numel() not in (1, channels):
             raise UsageError(f"synthesis pixel box: {values.numel()} values for {channels} input channels")
         bounds.append(values.expand(channels).reshape(1, channels, 1, 1))
-    return bounds[0], bounds[1]
+    low, high = bounds
+    if (low >= high).any():
+        raise UsageError(f"synthesis pixel box: every low must be below its high, got {box}")
+    return low, high
 
 
 @torch.no_grad()
 def _project_(x: torch.Tensor, low: torch.Tensor | None, high: torch.Tensor | None) -> None:
     if low is not None:
-        x.copy_(torch.maximum(torch.minimum(x, high), low))
+        x.clamp_(low, high)
 
 
 def _view(x: torch.Tensor, gen: torch.Generator, s: SynthesisSettings) -> torch.Tensor:
