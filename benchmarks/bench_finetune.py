@@ -151,14 +151,14 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         action="store_true",
-        help="--profile: the student's step eager, under torch.compile and with 1x1 convs as matmuls",
+        help="profile the student's step eager, under torch.compile and with 1x1 convs as matmuls",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = dict(ablation_setting(text) for text in args.set)
-    if args.profile:
+    if args.profile or args.variants:
         if not args.plan:
-            parser.error("--profile needs --plan")
+            parser.error("--profile and --variants need --plan")
         return run_profile(args, settings)
     if args.no_speed:
         settings["measure_speed"] = False

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from convslim.api import prepare, rewrite
-from convslim.finetune.affine import wrap_all
+from convslim.finetune.affine import is_plain_1x1, wrap_all
 from convslim.finetune.batches import layout, training_batches
 from convslim.finetune.distill import feature_phase, kd_phase
 from convslim.finetune.feed import evaluate, take
@@ -148,8 +148,7 @@ def _with_matmul_pointwise(student: torch.nn.Module) -> torch.nn.Module:
     twin = copy.deepcopy(student)
     for parent in list(twin.modules()):
         for name, child in list(parent.named_children()):
-            plain = type(child) is torch.nn.Conv2d and child.kernel_size == (1, 1) and child.groups == 1
-            if plain and child.stride == (1, 1) and child.padding in ((0, 0), "valid"):
+            if is_plain_1x1(child):
                 setattr(parent, name, PointwiseAsMatmul(child))
     return twin
 

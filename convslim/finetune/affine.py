@@ -28,7 +28,7 @@ from convslim import parallel
 from convslim.core import set_submodule
 
 
-def _is_plain_1x1(m: nn.Module) -> bool:
+def is_plain_1x1(m: nn.Module) -> bool:
     return (
         type(m) is nn.Conv2d
         and m.kernel_size == (1, 1)
@@ -42,7 +42,7 @@ def _is_plain_1x1(m: nn.Module) -> bool:
 @torch.no_grad()
 def linear_heads(module: nn.Module, sample: torch.Tensor, rtol: float = 1e-4) -> list[nn.Conv2d] | None:
     """The 1x1 convs whose summed outputs are ``module``'s output on ``sample``, or None."""
-    candidates = [m for m in module.modules() if _is_plain_1x1(m)]
+    candidates = [m for m in module.modules() if is_plain_1x1(m)]
     if not candidates:
         return None
     out, outputs = _run_recording(module, candidates, sample)
