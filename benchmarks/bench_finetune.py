@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cifar_arrays, cifar_model, markdown_table, top1
+from common import cifar_arrays, cifar_model, machine_record, markdown_table, top1
 
 from convslim import FORMS, compress
 from convslim.core import Plan
@@ -119,7 +119,7 @@ def run_profile(args, settings: dict) -> None:
         result = variants(cifar_model(args.model), plan, ArrayData(xt, yt), s)
     else:
         result = profile(cifar_model(args.model), plan, ArrayData(xt, yt), ArrayData(xv, yv), s, args.rounds)
-    print(json.dumps(result, indent=1))
+    print(json.dumps({**result, "run": machine_record()}, indent=1))
 
 
 def main() -> None:

@@ -12,11 +12,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convslim.core.machine import cpu_flags, cpu_name
 from convslim.models import load_cifar_resnet, resnet18, resnet50
 from convslim.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
 SHARED = Path(os.environ.get("CONVSLIM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}
+
+
+def machine_record() -> dict:
+    """What a timed figure's RESULTS.md entry needs about the machine: CPU, its vector extensions, torch, threads."""
+    vector = sorted(f for f in cpu_flags() if f == "avx2" or f.startswith("avx512") or "vnni" in f)
+    return {
+        "cpu": cpu_name(),
+        "vector": vector,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def need_shared(name: str) -> Path:
