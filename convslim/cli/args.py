@@ -15,6 +15,7 @@ from convslim.core.samples import INT8_CALIBRATION
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings
 from convslim.finetune.datafree import SYNTHETIC_RECIPE
+from convslim.finetune.settings import DISTILL_LOSSES
 from convslim.inputs.sets import HeldOut, scored_set, training_set
 
 
@@ -110,7 +111,7 @@ def _tuned_flags(d: FinetuneSettings) -> tuple:
         ("--batch-size", int, f"fine-tuning batch size (default {d.batch_size})"),
         ("--lr", float, f"peak learning rate of the {d.schedule} schedule (default {d.lr:g})"),
         ("--weight-decay", float, f"weight decay (default {d.weight_decay:g})"),
-        ("--temperature", float, f"distillation temperature T (default {d.temperature:g})"),
+        ("--temperature", float, f"temperature T of --distill-loss kl (default {d.temperature:g})"),
         ("--ce-weight", float, f"cross-entropy weight when labels exist (default {d.ce_weight:g})"),
         ("--feature-weight", float, f"end-to-end feature matching weight (default {d.feature_weight:g})"),
         ("--feature-fraction", float, f"share of stage 2 spent block-wise (default {d.feature_fraction:g})"),
@@ -161,6 +162,13 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
         choices=("adamw", "sgd"),
         default=d.optimizer,
         help=f"optimiser (default {d.optimizer})",
+    )
+    g.add_argument(
+        "--distill-loss",
+        choices=DISTILL_LOSSES,
+        default=d.distill_loss,
+        help="end-to-end distillation: mse, the squared error of the logits, or kl at --temperature "
+        f"(default {d.distill_loss})",
     )
     g.add_argument(
         "--sync-batchnorm",
@@ -266,6 +274,7 @@ def files_to_save(args: argparse.Namespace, sets: dict) -> dict:
 
 RECIPE = ("batch_size", "lr", "weight_decay", "temperature", "ce_weight", "feature_weight")
 RECIPE += ("feature_fraction", "mixup", "cutout", "calibration_samples", "optimizer", "sync_batchnorm")
+RECIPE += ("distill_loss",)
 
 
 def recipe_settings(args: argparse.Namespace) -> dict:

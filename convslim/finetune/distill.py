@@ -11,6 +11,8 @@ Phase B, end-to-end knowledge distillation (Hinton et al. 2015):
 
     L = T² · KL(softmax(t/T) ‖ softmax(s/T)) + w_ce · CE(s, y) [labels given] + w_f · Σ_l ‖s_l − t_l‖²/‖t_l‖²
 
+or with ``distill_loss="mse"`` the squared logit error ‖s − t‖² in place of the KL term (``losses.kd_loss``)
+
 (N×K outputs; other outputs use the relative MSE in place of KL/CE), on phase A's views with the teacher's
 logged outputs when it can (``replay``), else on fresh views with the teacher run live. Both phases share one
 loop (``loop``: AdamW or SGD, cosine or one-cycle learning rate over the phase's budget); phase B validates at
@@ -119,7 +121,7 @@ def kd_phase(teacher, phase: Phase, names: list[str], batches, validate=None):
         if target is None:
             with torch.no_grad():
                 target = teacher(batch.x)
-        loss = kd_loss(forward(batch.x), target, batch.y, s.temperature, s.ce_weight)
+        loss = kd_loss(forward(batch.x), target, batch.y, s.temperature, s.ce_weight, s.distill_loss)
         if handles:
             features = sum(relative_mse(s_feats[n], t_feats[n]) for n in names) / len(names)
             loss = loss + s.feature_weight * features

@@ -8,6 +8,12 @@ Knowledge distillation on N×K logits (Hinton et al. 2015), with cross-entropy w
 
     L_kd = T² · KL(softmax(t/T) ‖ softmax(s/T)) + w_ce · CE(s, y)
 
+or, ``kind="mse"``, the logits themselves matched (Kim et al. 2021, "Comparing Kullback-Leibler divergence and
+mean squared error loss in knowledge distillation"; the limit of T² · KL as T → ∞ up to a factor 1/(2K) and
+the logits' mean), summed over the K classes and averaged over the batch:
+
+    L_mse = (1/N) Σ_n ‖s_n − t_n‖² + w_ce · CE(s, y)
+
 Why the layout matters: the gradient of a mean is a broadcast scalar, and the elementwise ops of its backward
 return it in the default (NCHW) layout even when ``s`` is channels-last. A BatchNorm backward that then meets
 an NCHW gradient and an NHWC input takes a slow generic path: on ResNet-20's ×2 plan a block-wise step ran
@@ -51,13 +57,19 @@ def relative_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(keep_layout(s), t) / reference
 
 
-def kd_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, temperature: float, ce_weight: float):
-    """KD at ``temperature`` plus ``ce_weight`` · CE on labels ``y`` for N×K logits; relative MSE otherwise."""
+def kd_loss(
+    s: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, temperature: float, ce_weight: float, kind="kl"
+):
+    """KD (``kind`` "kl" at ``temperature``, or "mse" on the logits) plus ``ce_weight`` · CE on labels ``y``
+    for N×K logits; relative MSE otherwise."""
     if s.dim() != 2:
         return relative_mse(s, t)
-    log_s = F.log_softmax(s / temperature, 1)
-    log_t = F.log_softmax(t.detach() / temperature, 1)
-    loss = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * temperature**2
+    if kind == "mse":
+        loss = (s - t.detach()).pow(2).sum(1).mean()
+    else:
+        log_s = F.log_softmax(s / temperature, 1)
+        log_t = F.log_softmax(t.detach() / temperature, 1)
+        loss = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * temperature**2
     if y is not None and ce_weight > 0:
         loss = loss + ce_weight * F.cross_entropy(s, y)
     return loss

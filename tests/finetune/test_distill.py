@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings, finetune
 from convslim.finetune.batches import Batch, training_batches
 from convslim.finetune.distill import blocks_of, kd_phase
 from convslim.finetune.loop import Phase
+from convslim.finetune.losses import kd_loss
 from convslim.finetune.stopping import StopFlag, TrainBudget
 from convslim.finetune.views import augment, mixup
 
@@ -43,6 +46,40 @@ def test_kd_phase_lowers_kd_loss(tiny_compressed, tiny_data):
     summary, _ = kd_phase(teacher, phase, names, batches)
     assert summary["steps"] == 40
     assert _kd_loss(student, teacher, tiny_data.x) < 0.7 * before
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.integers(2, 12), st.integers(0, 2**16))
+def test_mse_distillation_is_the_squared_logit_error_and_its_gradient(n, k, seed):
+    generator = torch.Generator().manual_seed(seed)
+    s = torch.randn(n, k, generator=generator, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(n, k, generator=generator, dtype=torch.float64)
+    loss = kd_loss(s, t, None, 4.0, 1.0, kind="mse")
+    loss.backward()
+    expected = sum(float(((s[i] - t[i]) ** 2).sum()) for i in range(n)) / n
+    assert float(loss) == pytest.approx(expected, rel=1e-12)
+    assert torch.allclose(s.grad, 2 * (s - t).detach() / n)
+    assert float(kd_loss(t.clone(), t, None, 4.0, 1.0, kind="mse")) == 0.0
+
+
+def test_phase_b_distils_with_the_loss_asked_for(tiny_compressed, tiny_data):
+    prepared, p, student = tiny_compressed
+    teacher = prepared.traced.module
+    with torch.no_grad():
+        for param in student.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+        gap = lambda: float((student.eval()(tiny_data.x) - teacher(tiny_data.x)).pow(2).sum(1).mean())  # noqa: E731
+        before = gap()
+    phase_settings = FinetuneSettings(lr=3e-3, evals=1, distill_loss="mse", ce_weight=0.0)
+    batches = iter(lambda: Batch(tiny_data.x[:48], tiny_data.y[:48]), None)
+    params = [q for q in student.parameters() if q.requires_grad]
+    phase = Phase(student, params, phase_settings, TrainBudget(40, None), StopFlag(), "distill")
+    summary, _ = kd_phase(teacher, phase, [d.name for d in p.rewritten], batches)
+    assert summary["loss_first"] > summary["loss_last"]
+    with torch.no_grad():
+        assert gap() < 0.5 * before
+    with pytest.raises(UsageError, match="--distill-loss"):
+        finetune(tiny_data, steps=3, distill_loss="l1")
 
 
 def test_finetune_hook_end_to_end(tiny_compressed, tiny_data):
@@ -120,3 +157,13 @@ def test_stage2_that_scores_below_stage1_returns_the_stage1_weights(tiny_compres
     with torch.no_grad():
         predicted = model.eval()(tiny_data.x).argmax(1)
     assert float((predicted == tiny_data.y).float().mean()) == pytest.approx(accuracy["stage1"], abs=1e-4)
+
+
+@pytest.mark.parametrize("given, expected", [([], "mse"), (["--distill-loss", "kl"], "kl")])
+def test_cli_passes_the_distillation_loss_on(given, expected):
+    from convslim.cli.args import recipe_settings
+    from convslim.cli.commands import build_parser
+
+    argv = ["compress", "m.pt", "--input-shape", "1,3,16,16", "--out", "out", *given]
+    args = build_parser().parse_args(argv)
+    assert FinetuneSettings(**recipe_settings(args)).distill_loss == expected
