@@ -31,7 +31,7 @@ class FinetuneSettings:
     weight_decay: float = 0.0
     temperature: float = 4.0
     # phase B on logits: "mse" (squared logit error) or "kl" at ``temperature`` (``losses.kd_loss``); mse:
-    # +0.1-0.8 pt on train10k, +0.5-2.2 pt on synthetic images (ResNet-20, 10 minutes; README)
+    # +0.1-0.9 pt on train10k, +0.5-2.2 pt on synthetic images (ResNet-20/32, 10 minutes; README)
     distill_loss: str = "mse"
     ce_weight: float = 1.0
     feature_weight: float = 0.0  # phase B feature matching at rewritten layers
