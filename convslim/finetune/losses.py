@@ -58,7 +58,12 @@ def relative_mse(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def kd_loss(
-    s: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, temperature: float, ce_weight: float, kind="kl"
+    s: torch.Tensor,
+    t: torch.Tensor,
+    y: torch.Tensor | None,
+    temperature: float,
+    ce_weight: float,
+    kind: str = "kl",
 ):
     """KD (``kind`` "kl" at ``temperature``, or "mse" on the logits) plus ``ce_weight`` · CE on labels ``y``
     for N×K logits; relative MSE otherwise."""

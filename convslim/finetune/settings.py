@@ -72,7 +72,9 @@ class FinetuneSettings:
         if self.schedule not in SCHEDULES:
             raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.distill_loss not in DISTILL_LOSSES:
-            raise UsageError(f"--distill-loss must be kl or mse, got {self.distill_loss!r}")
+            raise UsageError(
+                f"--distill-loss must be one of {', '.join(DISTILL_LOSSES)}, got {self.distill_loss!r}"
+            )
         if self.optimizer not in ("adamw", "sgd"):
             raise UsageError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.sync_batchnorm not in ("auto", "on", "off"):
