@@ -69,7 +69,7 @@ def _parts(teacher, student, batches, s: FinetuneSettings, steps: int) -> dict:
         out = student(batch.x)
         t.append(time.perf_counter())
         optimizer.zero_grad(set_to_none=True)
-        kd_loss(out, target, batch.y, s.temperature, s.ce_weight).backward()
+        kd_loss(out, target, batch.y, s.temperature, s.ce_weight, s.distill_loss).backward()
         t.append(time.perf_counter())
         optimizer.step()
         t.append(time.perf_counter())
@@ -176,7 +176,7 @@ def variants(model, plan, train, s: FinetuneSettings, rounds: int = 8, steps: in
         nets[key].train()
         out = nets[key](data[i].x)
         optimizers[key].zero_grad(set_to_none=True)
-        kd_loss(out, targets[i], data[i].y, s.temperature, s.ce_weight).backward()
+        kd_loss(out, targets[i], data[i].y, s.temperature, s.ce_weight, s.distill_loss).backward()
         optimizers[key].step()
 
     start = time.perf_counter()

@@ -20,7 +20,7 @@ an NCHW gradient and an NHWC input takes a slow generic path: on ResNet-20's ×2
 348 ms instead of 286 ms (batch 128, 2 cores). ``keep_layout`` hands the gradient back in ``s``'s layout.
 
 Example:
-    >>> loss = relative_mse(student_features, teacher_features) + kd_loss(s_logits, t_logits, y, 4.0, 1.0)
+    >>> loss = relative_mse(student_features, teacher_features) + kd_loss(s_logits, t_logits, y, 4.0, 1.0, "mse")
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def kd_loss(
     y: torch.Tensor | None,
     temperature: float,
     ce_weight: float,
-    kind: str = "kl",
+    kind: str,
 ):
     """KD (``kind`` "kl" at ``temperature``, or "mse" on the logits) plus ``ce_weight`` · CE on labels ``y``
     for N×K logits; relative MSE otherwise."""
