@@ -69,12 +69,8 @@ class FinetuneSettings:
             raise UsageError(f"--finetune-minutes must be > 0, got {self.minutes}")
         if self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
             raise UsageError("--batch-size, --lr and --temperature must be positive")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.distill_loss not in DISTILL_LOSSES:
-            raise UsageError(
-                f"--distill-loss must be one of {', '.join(DISTILL_LOSSES)}, got {self.distill_loss!r}"
-            )
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("distill_loss", self.distill_loss, DISTILL_LOSSES)
         if self.optimizer not in ("adamw", "sgd"):
             raise UsageError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.sync_batchnorm not in ("auto", "on", "off"):
@@ -87,6 +83,11 @@ class FinetuneSettings:
             raise UsageError(f"--mixup must be ≥ 0 (0: off), got {self.mixup}")
         if not 0 <= self.feature_fraction < 1:
             raise UsageError(f"feature_fraction must be in [0, 1), got {self.feature_fraction}")
+
+
+def _check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"{_flag(field_name)} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _flag(field_name: str) -> str:
