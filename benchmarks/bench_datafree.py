@@ -38,9 +38,9 @@ from convslim import apply, compress, plan, prepare
 from convslim.core import Plan
 from convslim.finetune import finetune, from_synthetic, generation_settings
 from convslim.finetune.datafree import GENERATION_SHARE
+from convslim.inputs.bn_probe import BatchNormProbe
 from convslim.inputs.data import ArrayData
 from convslim.inputs.synthetic import (
-    BatchNormProbe,
     SynthesisRecord,
     SynthesisSettings,
     SyntheticData,
@@ -70,14 +70,24 @@ def synthetic_images(model, cache: Path | None, count: int) -> SyntheticData:
     return made
 
 
-def step_cost_ratio(model, the_plan: Plan, repeats: int = 6) -> float:
+class AutogradProbe(BatchNormProbe):
+    """The BatchNorm loss with autograd's own ``var_mean`` backward (the library's before ``channel_moments``)."""
+
+    def _hook(self, bn, args) -> None:
+        var, mean = torch.var_mean(args[0], dim=(0, 2, 3), unbiased=False)
+        self.terms.append(
+            torch.linalg.vector_norm(mean - bn.running_mean) + torch.linalg.vector_norm(var - bn.running_var)
+        )
+
+
+def step_cost_ratio(model, the_plan: Plan, repeats: int = 6, probe_type=BatchNormProbe) -> float:
     """Time of one generation step (128 images) / one stage-2-like training step (batch 128: teacher forward,
     student forward + backward, AdamW), interleaved so that both see the same load; the median of ``repeats``."""
     prepared = prepare(model, EXAMPLE)
     teacher = prepared.traced.module.eval().to(memory_format=torch.channels_last)
     student = apply(prepared, the_plan).train().to(memory_format=torch.channels_last)
     frozen = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
-    probe = BatchNormProbe(frozen)
+    probe = probe_type(frozen)
     x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     image = x.clone().requires_grad_(True)
     opt = torch.optim.AdamW(student.parameters(), 1e-3)
@@ -167,12 +177,17 @@ def main() -> None:
     parser.add_argument("--count", type=int, help="synthetic images (default: what the time share makes)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, help="folder to keep the synthetic images in between runs")
+    parser.add_argument(
+        "--profile", type=int, metavar="ROUNDS", help="only time the generation step, both probes alternating"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = cifar_model("resnet20")
     prepared = prepare(model, EXAMPLE)
     the_plan = Plan.from_json(Path(args.plan).read_text(), args.plan) if args.plan else None
     the_plan = the_plan or plan(prepared, to=args.to, rank=args.rank)
+    if args.profile:
+        return profile_probes(model, the_plan, args.profile)
     xt, yt = cifar_arrays("train10k")
     xv, yv = cifar_arrays("val5k")
     data = {"train": ArrayData(xt, yt, "train10k"), "val": ArrayData(xv, yv, "val5k"), "val_xy": (xv, yv)}
@@ -193,6 +208,25 @@ def main() -> None:
             rows.append(_row(kind, source, model, the_plan, data, args.steps))
             print(json.dumps(rows[-1]), flush=True)
     print(markdown_table(rows))
+
+
+def profile_probes(model, the_plan: Plan, rounds: int) -> None:
+    """Generation step / training step with autograd's ``var_mean`` backward and with ``channel_moments``, in
+    alternating rounds on the same load; prints each round's ratios and their medians."""
+    ratios: dict[str, list[float]] = {"autograd var_mean": [], "channel_moments": []}
+    for _ in range(rounds):
+        for name, probe_type in zip(ratios, (AutogradProbe, BatchNormProbe), strict=True):
+            ratios[name].append(round(step_cost_ratio(model, the_plan, probe_type=probe_type), 3))
+    medians = {name: statistics.median(values) for name, values in ratios.items()}
+    print(
+        json.dumps(
+            {
+                "rounds": ratios,
+                "median": medians,
+                "speedup": round(medians["autograd var_mean"] / medians["channel_moments"], 3),
+            }
+        )
+    )
 
 
 def _row(kind: str, source: str, model, the_plan, data: dict, steps: int) -> dict:

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from convslim.errors import UsageError
+from convslim.inputs.bn_probe import BatchNormProbe
 from convslim.inputs.synthetic import (
     DEFAULT_COUNT,
-    BatchNormProbe,
     SynthesisSettings,
     parse_synthetic,
     synthesize,

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from convslim import parallel
 from convslim.errors import UsageError
+from convslim.inputs.bn_probe import BatchNormProbe
 from convslim.inputs.data import ArrayData
 
 SYNTHETIC = "synthetic"
@@ -140,50 +141,6 @@ def image_shape(example_inputs) -> tuple[int, ...]:
             f"--data synthetic makes images, but the model takes {shapes} (one N×C×H×W input needed); give --data"
         )
     return tuple(inputs[0].shape[1:])
-
-
-def batchnorm_layers(model: nn.Module) -> list[str]:
-    """Names of the BatchNorm layers whose running statistics synthesis matches; none → a one-line UsageError."""
-    names = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
-    ]
-    if not names:
-        raise UsageError(
-            "--data synthetic matches the statistics of the model's BatchNorm layers, and this model has none "
-            "(with running statistics); give --data (a few hundred of your own images, labels not needed)"
-        )
-    return names
-
-
-class BatchNormProbe:
-    """Forward pre-hooks on ``model``'s BatchNorms; ``take()`` returns Σ_l L_BN,l of the forwards since the
-    last ``take`` (see module docstring)."""
-
-    def __init__(self, model: nn.Module):
-        self.terms: list[torch.Tensor] = []
-        self.handles = [
-            model.get_submodule(n).register_forward_pre_hook(self._hook) for n in batchnorm_layers(model)
-        ]
-
-    def _hook(self, bn: nn.Module, args) -> None:
-        x = args[0]
-        dims = [d for d in range(x.dim()) if d != 1]
-        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
-        self.terms.append(
-            torch.linalg.vector_norm(mean - bn.running_mean) + torch.linalg.vector_norm(var - bn.running_var)
-        )
-
-    def take(self) -> torch.Tensor:
-        if not self.terms:
-            raise UsageError("--data synthetic: no BatchNorm layer ran on the model's input; give --data")
-        total, self.terms = torch.stack(self.terms).sum(), []
-        return total
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 def synthesize(
