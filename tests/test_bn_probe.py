@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from convslim.inputs.bn_probe import BatchNormProbe, channel_moments
+from tests.strategies import image_batches
 
 
 @settings(max_examples=25, deadline=None)
-@given(
-    n=st.integers(1, 4),
-    c=st.integers(1, 6),
-    h=st.integers(1, 5),
-    w=st.integers(1, 5),
-    channels_last=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
-def test_channel_moments_match_var_mean_and_its_gradient(n, c, h, w, channels_last, seed):
-    gen = torch.Generator().manual_seed(seed)
-    a = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64) * 3 + 1
-    if channels_last:
-        a = a.contiguous(memory_format=torch.channels_last)
+@given(batch=image_batches(max_batch=4))
+def test_channel_moments_match_var_mean_and_its_gradient(batch):
+    a, gen = batch
+    c = a.shape[1]
     g_mean, g_var = (
         torch.randn(c, generator=gen, dtype=torch.float64),
         torch.randn(c, generator=gen, dtype=torch.float64),

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from convslim import parallel
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings
 from convslim.parallel import _GlobalBatchNormFn
+from tests.strategies import image_batches
 
 
 def _grads(fn, x, weight, bias, dy):
@@ -24,22 +24,13 @@ def _grads(fn, x, weight, bias, dy):
 
 
 @settings(max_examples=25, deadline=None)
-@given(
-    n=st.integers(1, 5),
-    c=st.integers(1, 6),
-    h=st.integers(1, 5),
-    w=st.integers(1, 5),
-    channels_last=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
-def test_matches_torch_batchnorm_in_training(n, c, h, w, channels_last, seed):
+@given(batch=image_batches())
+def test_matches_torch_batchnorm_in_training(batch):
     """Output and all three gradients equal F.batch_norm(training=True)'s to float64 rounding."""
+    x, gen = batch
+    n, c, h, w = x.shape
     if n * h * w < 2:
         return  # one value per channel has no variance: torch refuses it as well
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64) * 3 + 1
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     weight, bias = (
         torch.randn(c, generator=gen, dtype=torch.float64),
         torch.randn(c, generator=gen, dtype=torch.float64),
