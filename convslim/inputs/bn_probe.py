@@ -76,16 +76,18 @@ def batchnorm_layers(model: nn.Module) -> list[str]:
 
 class BatchNormProbe:
     """Forward pre-hooks on ``model``'s BatchNorms; ``take()`` returns Σ_l L_BN,l of the forwards since the
-    last ``take`` (see module docstring)."""
+    last ``take`` (see module docstring). ``moments`` maps a BatchNorm's input to its (mean, variance) per
+    channel."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, moments=channel_moments):
         self.terms: list[torch.Tensor] = []
+        self.moments = moments
         self.handles = [
             model.get_submodule(n).register_forward_pre_hook(self._hook) for n in batchnorm_layers(model)
         ]
 
     def _hook(self, bn: nn.Module, args) -> None:
-        mean, var = channel_moments(args[0])
+        mean, var = self.moments(args[0])
         self.terms.append(
             torch.linalg.vector_norm(mean - bn.running_mean) + torch.linalg.vector_norm(var - bn.running_var)
         )
