@@ -28,11 +28,12 @@ import copy
 import json
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from common import cifar_arrays, cifar_model, markdown_table, top1
+from common import cifar_arrays, cifar_model, markdown_table, top1, typed_setting
+from torch import nn
 
 from convslim import apply, compress, plan, prepare
 from convslim.core import Plan
@@ -51,11 +52,17 @@ EXAMPLE = (torch.randn(1, 3, 32, 32),)
 QUIET = {"progress": False}
 
 
-def synthetic_images(model, cache: Path | None, count: int) -> SyntheticData:
-    """``count`` images made with the defaults. Batch k depends only on (seed, k), so a cached larger set made with
-    the same settings gives the first ``count`` (and its time, pro rata)."""
-    settings = generation_settings(count, None, progress=False)
-    for path in sorted(cache.glob(f"synthetic-*-{settings.steps}-seed{settings.seed}.pt")) if cache else ():
+def synthetic_images(model, cache: Path | None, count: int, fields: dict | None = None) -> SyntheticData:
+    """``count`` images made with the defaults, or with the ``SynthesisSettings`` ``fields`` given. Batch k
+    depends only on (seed, k), so a cached larger set made with the same settings gives the first ``count`` (and
+    its time, pro rata)."""
+    settings = generation_settings(count, None, progress=False, **(fields or {}))
+    made_as = "-".join(  # what the images depend on
+        f"{key}{value}"
+        for key, value in asdict(settings).items()
+        if key not in ("count", "seconds", "progress")
+    )
+    for path in sorted(cache.glob(f"synthetic-*-{made_as}.pt")) if cache else ():
         saved = torch.load(path, weights_only=False)  # written by this script
         if len(saved["x"]) >= count and count % settings.batch_size == 0:
             record = SynthesisRecord(**saved["record"])
@@ -65,7 +72,7 @@ def synthetic_images(model, cache: Path | None, count: int) -> SyntheticData:
     made = synthesize(model, EXAMPLE, settings)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        path = cache / f"synthetic-{count}-{settings.steps}-seed{settings.seed}.pt"
+        path = cache / f"synthetic-{count}-{made_as}.pt"
         torch.save({"x": made.x, "source": made.source, "record": made.record.to_dict()}, path)
     return made
 
@@ -76,21 +83,24 @@ def autograd_moments(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, var
 
 
-def step_cost_ratio(model, the_plan: Plan, repeats: int = 6, moments=channel_moments) -> float:
-    """Time of one generation step (128 images) / one stage-2-like training step (batch 128: teacher forward,
-    student forward + backward, AdamW), interleaved so that both see the same load; the median of ``repeats``."""
+def step_cost_ratio(
+    model, the_plan: Plan, repeats: int = 6, moments=channel_moments, coarse: bool = False
+) -> float:
+    """Time of one generation step (128 images; ``coarse``: a half-resolution one, fed upsampled) / one
+    stage-2-like training step (batch 128: teacher forward, student forward + backward, AdamW), interleaved so
+    that both see the same load; the median of ``repeats``."""
     prepared = prepare(model, EXAMPLE)
     teacher = prepared.traced.module.eval().to(memory_format=torch.channels_last)
     student = apply(prepared, the_plan).train().to(memory_format=torch.channels_last)
     frozen = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
     probe = BatchNormProbe(frozen, moments)
     x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    image = x.clone().requires_grad_(True)
+    image = (x[..., ::2, ::2] if coarse else x).clone().requires_grad_(True)
     opt = torch.optim.AdamW(student.parameters(), 1e-3)
     ratios = []
     for _ in range(repeats):
         start = time.perf_counter()
-        frozen(image)
+        frozen(nn.functional.interpolate(image, size=(32, 32), mode="bilinear") if coarse else image)
         torch.autograd.grad(probe.take(), image)
         middle = time.perf_counter()
         with torch.no_grad():
@@ -171,6 +181,13 @@ def main() -> None:
         "--gen-step-ratio", type=float, help="generation step / training step (default: measured)"
     )
     parser.add_argument("--count", type=int, help="synthetic images (default: what the time share makes)")
+    parser.add_argument(
+        "--synthesis",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a SynthesisSettings field to make the images with, e.g. --synthesis coarse=0",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, help="folder to keep the synthetic images in between runs")
     parser.add_argument(
@@ -191,7 +208,8 @@ def main() -> None:
     if any("synthetic" in s for s in sources):
         ratio = args.gen_step_ratio or round(step_cost_ratio(model, the_plan), 3)
         count = args.count or capped_count(args.steps, ratio)
-        data["synthetic"] = synthetic_images(model, args.cache, count)
+        fields = dict(typed_setting(text, SynthesisSettings()) for text in args.synthesis)
+        data["synthetic"] = synthetic_images(model, args.cache, count, fields)
         generation_steps = -(-count // SynthesisSettings().batch_size) * SynthesisSettings().steps
         data["generation_cost"] = round(generation_steps * ratio)  # in stage-2 steps
         facts = {"gen_step_ratio": ratio, "cost_in_steps": data["generation_cost"]}
@@ -207,12 +225,18 @@ def main() -> None:
 
 
 def profile_probes(model, the_plan: Plan, rounds: int) -> None:
-    """Generation step / training step with autograd's ``var_mean`` backward and with ``channel_moments``, in
-    alternating rounds on the same load; prints each round's ratios and their medians."""
-    ratios: dict[str, list[float]] = {"autograd var_mean": [], "channel_moments": []}
+    """Generation step / training step with autograd's ``var_mean`` backward, with ``channel_moments``, and with
+    ``channel_moments`` in a coarse step (``SynthesisSettings.coarse``), in alternating rounds on the same load;
+    prints each round's ratios and their medians."""
+    variants = {
+        "autograd var_mean": {"moments": autograd_moments},
+        "channel_moments": {"moments": channel_moments},
+        "channel_moments, coarse step": {"moments": channel_moments, "coarse": True},
+    }
+    ratios: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
-        for name, moments in zip(ratios, (autograd_moments, channel_moments), strict=True):
-            ratios[name].append(round(step_cost_ratio(model, the_plan, moments=moments), 3))
+        for name, how in variants.items():
+            ratios[name].append(round(step_cost_ratio(model, the_plan, **how), 3))
     medians = {name: statistics.median(values) for name, values in ratios.items()}
     print(
         json.dumps(

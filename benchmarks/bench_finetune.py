@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cifar_arrays, cifar_model, machine_record, markdown_table, top1
+from common import cifar_arrays, cifar_model, machine_record, markdown_table, top1, typed_setting
 
 from convslim import FORMS, compress
 from convslim.core import Plan
@@ -95,17 +95,6 @@ def run_one(
     }
 
 
-def ablation_setting(text: str) -> tuple[str, object]:
-    """'lr=4e-3' -> ('lr', 0.004), typed like the FinetuneSettings field's default."""
-    key, _, value = text.partition("=")
-    default = getattr(FinetuneSettings(), key)
-    if isinstance(default, bool):
-        return key, value.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, str):
-        return key, value
-    return key, float(value) if default is None else type(default)(float(value))
-
-
 def run_profile(args, settings: dict) -> None:
     """``--profile``: where one stage-2 step's time goes on the plan, against plain training (see
     ``finetune_profile``)."""
@@ -155,7 +144,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = dict(ablation_setting(text) for text in args.set)
+    settings = dict(typed_setting(text, FinetuneSettings()) for text in args.set)
     if args.profile or args.variants:
         if not args.plan:
             parser.error("--profile and --variants need --plan")

@@ -77,3 +77,16 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def typed_setting(text: str, defaults) -> tuple[str, object]:
+    """'lr=4e-3' -> ('lr', 0.004), typed like that field of the settings object ``defaults``."""
+    key, _, value = text.partition("=")
+    default = getattr(defaults, key)
+    if isinstance(default, bool):
+        return key, value.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, str):
+        return key, value
+    if default is None:  # an optional number: typed as written
+        return key, int(value) if value.lstrip("-").isdigit() else float(value)
+    return key, type(default)(float(value))

@@ -125,6 +125,21 @@ def test_jitter_flip_and_prior_still_match_the_statistics(net):
     assert made.record.bn_loss_end < 0.3 * made.record.bn_loss_start
 
 
+def test_coarse_to_fine_images_match_the_statistics_at_full_size(net):
+    """Half the steps at 6×6 (fed upsampled), then the upsampled images refined at 12×12."""
+    made = synthesize(net, EXAMPLE, quick(coarse=0.5))
+    assert made.x.shape == (16, 3, 12, 12)
+    assert made.record.bn_loss_end < 0.3 * made.record.bn_loss_start
+    assert not torch.equal(made.x, synthesize(net, EXAMPLE, quick(coarse=0.0)).x)
+    assert synthesize(net, EXAMPLE, quick(coarse=0.9, steps=2)).x.shape == (16, 3, 12, 12)  # last step fine
+
+
+@pytest.mark.parametrize("coarse", [-0.1, 1.0])
+def test_a_coarse_share_outside_0_1_is_refused(net, coarse):
+    with pytest.raises(UsageError, match="coarse"):
+        synthesize(net, EXAMPLE, quick(coarse=coarse))
+
+
 def test_images_stay_in_the_pixel_box_and_still_match_the_statistics(net):
     """The smooth images' pixels lie in about [-4, 4]; a box of a real image's range keeps every pixel in it."""
     box = ((-3.0, -2.5, -2.0), (3.0, 2.5, 2.0))
