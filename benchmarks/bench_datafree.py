@@ -95,7 +95,8 @@ def step_cost_ratio(
     frozen = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
     probe = BatchNormProbe(frozen, moments)
     x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    image = (x[..., ::2, ::2] if coarse else x).clone().requires_grad_(True)
+    image = (x[..., ::2, ::2] if coarse else x).contiguous(memory_format=torch.channels_last)
+    image = image.clone().requires_grad_(True)  # a leaf in the layout synthesis optimises, as _leaf makes it
     opt = torch.optim.AdamW(student.parameters(), 1e-3)
     ratios = []
     for _ in range(repeats):
