@@ -115,10 +115,10 @@ def step_cost_ratio(
     return statistics.median(ratios[1:])
 
 
-def capped_count(steps: int, ratio: float) -> int:
-    """The images a ``--finetune-minutes`` run makes on a budget of ``steps`` stage-2 steps: batches while another
-    one fits in ``GENERATION_SHARE`` of the budget (as ``synthesize`` stops under ``seconds``)."""
-    settings = SynthesisSettings()
+def capped_count(steps: int, ratio: float, settings: SynthesisSettings) -> int:
+    """The images a ``--finetune-minutes`` run makes with ``settings`` on a budget of ``steps`` stage-2 steps:
+    batches while another one fits in ``GENERATION_SHARE`` of the budget (as ``synthesize`` stops under
+    ``seconds``)."""
     batch_cost = settings.steps * ratio  # in training steps
     return max(1, int(GENERATION_SHARE * steps / batch_cost)) * settings.batch_size
 
@@ -208,10 +208,11 @@ def main() -> None:
     sources = args.sources.split(",")
     if any("synthetic" in s for s in sources):
         ratio = args.gen_step_ratio or round(step_cost_ratio(model, the_plan), 3)
-        count = args.count or capped_count(args.steps, ratio)
         fields = dict(typed_setting(text, SynthesisSettings()) for text in args.synthesis)
+        made_with = SynthesisSettings(**fields)
+        count = args.count or capped_count(args.steps, ratio, made_with)
         data["synthetic"] = synthetic_images(model, args.cache, count, fields)
-        generation_steps = -(-count // SynthesisSettings().batch_size) * SynthesisSettings().steps
+        generation_steps = -(-count // made_with.batch_size) * made_with.steps
         data["generation_cost"] = round(generation_steps * ratio)  # in stage-2 steps
         facts = {"gen_step_ratio": ratio, "cost_in_steps": data["generation_cost"]}
         print(json.dumps({"synthetic": data["synthetic"].record.to_dict(), **facts}), flush=True)
