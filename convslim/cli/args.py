@@ -178,6 +178,11 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
         "samples per step (default auto)",
     )
     g.add_argument("--no-augment", action="store_true", help="no random crop + flip on image batches")
+    g.add_argument(
+        "--no-teacher-mirror",
+        action="store_true",
+        help="replay the teacher's outputs on each view alone, not averaged with its mirror image's",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed for data order and augmentation (default 0)")
 
 
@@ -243,7 +248,8 @@ def finetune_inputs(args: argparse.Namespace, model, inputs, sets: dict):
     if "--data" not in sets:
         return None, None
     settings = recipe_settings(args) | {"steps": args.finetune_steps, "minutes": args.finetune_minutes}
-    settings.update(augment=not args.no_augment, seed=args.seed, device=args.device, progress=not args.quiet)
+    settings.update(augment=not args.no_augment, teacher_mirror=not args.no_teacher_mirror)
+    settings.update(seed=args.seed, device=args.device, progress=not args.quiet)
     train = training_set(sets)
     if isinstance(train, SyntheticData):  # nothing is held out of made images
         loaded = from_synthetic(model, inputs, train, sets.get("--calib-data"), scored_set(sets), **settings)

@@ -5,7 +5,8 @@ Phase A, block-wise feature distillation. Rewritten layers are grouped into bloc
 *teacher's* input (teacher forcing), the rest of the block runs on the student's own activations, and the
 loss is Σ_blocks ‖s_out − t_out‖² / ‖t_out‖² at the block's last rewritten layer (``losses.relative_mse``).
 All blocks train at once, and errors do not compound across blocks, so damaged layers recover fast. The
-teacher's outputs on phase A's views are logged for phase B (``replay``).
+teacher's outputs on phase A's views (with ``teacher_mirror``, averaged with its outputs on their mirror
+images) are logged for phase B (``replay``).
 
 Phase B, end-to-end knowledge distillation (Hinton et al. 2015):
 
@@ -73,10 +74,11 @@ def feature_phase(teacher, phase: Phase, names: list[str], batches, log: Teacher
         handles.append(student.get_submodule(last).register_forward_hook(_store_output(s_out, last)))
 
     def loss_of(forward, batch: Batch) -> torch.Tensor:
+        mirrored = log.mirrored(teacher, batch) if log is not None else None
         with torch.no_grad():
             logits = teacher(batch.x)
         if log is not None:
-            log.record(batch, logits)
+            log.record(batch, logits, mirrored)
         forward(batch.x)
         return sum(relative_mse(s_out[g[-1]], t_out[g[-1]]) for g in groups) / len(groups)
 

@@ -158,7 +158,10 @@ def _stage2(stage: Stage, heads: dict[str, list[nn.Conv2d] | None]) -> Stage2Res
         torch.Generator().manual_seed(s.seed * 1000 + 2), stage.device
     )  # alike on all ranks
     summary, best = kd_phase(stage.teacher, phase, stage.names, replayed or live, stage.score)
-    summary["teacher"] = f"replayed ({log.views} views of phase A)" if replayed else f"live ({log.why_not})"
+    mirror = ", averaged with their mirror images" if log.mirror else ""
+    summary["teacher"] = (
+        f"replayed ({log.views} views of phase A{mirror})" if replayed else f"live ({log.why_not})"
+    )
     report = {"stage2_blocks": blocks, "stage2_distill": summary, "wrapped_with_batchnorm": len(wrapped)}
     return Stage2Result(best if summary["best_score"] is not None else None, wrapped, report)
 

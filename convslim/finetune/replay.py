@@ -9,9 +9,15 @@ every rank's and the result does not depend on the number of ranks. No replay (t
 data is not an ``ArrayData``, with mixup (a mixed view has no index), with phase B feature matching (it needs
 the teacher's features), when the output is not N×K, or past ``LIMIT_BYTES`` on any rank.
 
+With ``teacher_mirror`` (and ``augment``) a logged output is the mean of the teacher's outputs on the view and
+on its left-right mirror image, t̄ = (t(x) + t(flip(x))) / 2: a test-time-augmented teacher, as sharp as the
+original on the view yet closer to what it predicts for the image. Phase A pays one more teacher forward for it;
+phase B replays it free. On ResNet-20 at equal minutes: +0.3 pt at ×2 and +0.1 pt at rank 1 (two seeds each).
+
 Example:
     >>> log = TeacherLog.for_run(train, settings)
-    >>> log.record(batch, teacher_logits)            # during phase A
+    >>> mirrored = log.mirrored(teacher, batch)      # during phase A, before the view's own forward
+    >>> log.record(batch, teacher_logits, mirrored)
     >>> batches = log.replay(generator, device) or live_batches
 """
 
@@ -41,6 +47,7 @@ class TeacherLog:
         self.bytes = 0
         self.why_not: str | None = None if train is not None else "the data is not an in-memory array"
         self.views = 0
+        self.mirror = settings.teacher_mirror and settings.augment
 
     @classmethod
     def for_run(cls, train, settings: FinetuneSettings) -> TeacherLog:
@@ -53,9 +60,19 @@ class TeacherLog:
             log.why_not = "turned off"
         return log
 
-    def record(self, batch: Batch, output: torch.Tensor) -> None:
+    def mirrored(self, teacher, batch: Batch) -> torch.Tensor | None:
+        """The teacher's output on the mirror image of ``batch``'s views when the log will average it in (see
+        the module docstring), else None. Run before the view's own forward: hooks keep the last pass."""
+        if self.why_not is not None or not self.mirror or batch.x.dim() != 4:
+            return None
+        with torch.no_grad():
+            return teacher(batch.x.flip(3))
+
+    def record(self, batch: Batch, output: torch.Tensor, mirrored: torch.Tensor | None = None) -> None:
         if self.why_not is not None:
             return
+        if mirrored is not None and mirrored.shape == output.shape:
+            output = (output + mirrored) / 2
         if batch.index is None or output.dim() != 2:
             self.why_not = "the views or the outputs cannot be logged"
             return
