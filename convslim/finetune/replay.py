@@ -71,11 +71,11 @@ class TeacherLog:
     def record(self, batch: Batch, output: torch.Tensor, mirrored: torch.Tensor | None = None) -> None:
         if self.why_not is not None:
             return
-        if mirrored is not None and mirrored.shape == output.shape:
-            output = (output + mirrored) / 2
         if batch.index is None or output.dim() != 2:
             self.why_not = "the views or the outputs cannot be logged"
             return
+        if mirrored is not None:
+            output = (output + mirrored) / 2
         self.bytes += output.numel() * output.element_size() + len(batch.index) * _VIEW_BYTES
         if self.bytes > LIMIT_BYTES:
             self.why_not = f"the log would pass {LIMIT_BYTES >> 20} MiB"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -45,9 +46,7 @@ def test_the_mirror_pass_leaves_phase_a_training_on_the_views_own_pass(tiny_comp
     """The mirror pass runs first, so the hooks that force teacher inputs keep the view's own pass."""
     on = FinetuneSettings(batch_size=32, channels_last=False, progress=False)
     mirrored, _ = _phase_a(tiny_compressed, tiny_data, on)
-    plain, log = _phase_a(
-        tiny_compressed, tiny_data, FinetuneSettings(**{**vars(on), "teacher_mirror": False})
-    )
+    plain, log = _phase_a(tiny_compressed, tiny_data, dataclasses.replace(on, teacher_mirror=False))
     assert mirrored["loss_first"] == pytest.approx(plain["loss_first"], rel=1e-6)
     assert mirrored["loss_last"] == pytest.approx(plain["loss_last"], rel=1e-6)
     teacher = tiny_compressed[0].traced.module
