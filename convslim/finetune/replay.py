@@ -62,8 +62,11 @@ class TeacherLog:
 
     def mirrored(self, teacher, batch: Batch) -> torch.Tensor | None:
         """The teacher's output on the mirror image of ``batch``'s views when the log will average it in (see
-        the module docstring), else None. Run before the view's own forward: hooks keep the last pass."""
-        if self.why_not is not None or not self.mirror or batch.x.dim() != 4:
+        the module docstring), else None. Run before the view's own forward: hooks keep the last pass. An input
+        that is not N×C×H×W has no mirror image: ``mirror`` turns off, so the report does not claim one."""
+        if batch.x.dim() != 4:
+            self.mirror = False
+        if self.why_not is not None or not self.mirror:
             return None
         with torch.no_grad():
             return teacher(batch.x.flip(3))

@@ -14,6 +14,7 @@ from convslim.finetune.loop import Phase
 from convslim.finetune.replay import TeacherLog
 from convslim.finetune.settings import FinetuneSettings
 from convslim.finetune.stopping import StopFlag, TrainBudget
+from convslim.inputs.data import ArrayData
 
 CPU = torch.device("cpu")
 
@@ -69,3 +70,13 @@ def test_cli_turns_the_mirror_off(given, expected):
 
     argv = ["compress", "m.pt", "--input-shape", "1,3,16,16", "--out", "out", *given]
     assert build_parser().parse_args(argv).no_teacher_mirror is not expected
+
+
+def test_inputs_without_a_mirror_image_turn_the_mirror_off():
+    data = ArrayData(torch.randn(64, 12), torch.randint(0, 3, (64,)))  # features, not images
+    settings = FinetuneSettings(batch_size=16, channels_last=False)
+    log = TeacherLog.for_run(data, settings)
+    batch = next(training_batches(data, settings, torch.Generator().manual_seed(0), CPU))
+    assert log.mirror is True
+    assert log.mirrored(torch.nn.Linear(12, 3), batch) is None
+    assert log.mirror is False  # so the report does not say the outputs were averaged with mirror images
