@@ -3,9 +3,10 @@
 Method. For one conv and one candidate we build two micro-models (the BN-folded conv, and ``form.convert`` of
 it), export both to ONNX in memory (``runtime.export.export_layer``), deploy them for the target (``cpu-int8``
 quantizes each, and times it in fp32 too: a layer counts at its faster precision) and time them in alternating
-blocks (``runtime.timing``) at the layer's real input shape and the target batch; the medians give the
-candidate's ratio and the absolute time it saves. Graph-level work of ``form.finalize`` is not in the
-micro-model, so savings it adds are not counted (the prediction errs low).
+blocks of 20 ms (``runtime.timing``) at the layer's real input shape and the target batch; the median of the
+per-round ratios is the candidate's ratio r, and the original's median run time t times 1 − r the time it saves.
+Graph-level work of ``form.finalize`` is not in the micro-model, so savings it adds are not counted (the
+prediction errs low).
 
 Cache. Results live in one JSON file under ``$CONVSLIM_CACHE_DIR`` (default ``~/.cache/convslim``), keyed by the
 input shape, the conv's configuration, the form, the grid options, the replacement's structure, the batch, the
@@ -48,16 +49,22 @@ from convslim.core.outputs import atomic_write_text
 from convslim.errors import ConvslimError
 from convslim.runtime.export import export_layer
 from convslim.runtime.targets import available_target, get_target
-from convslim.runtime.timing import TimingSettings, random_inputs, time_sessions
+from convslim.runtime.timing import TimingSettings, compare, random_inputs, time_sessions
 
 # v1 timed run-by-run alternation (biased: see runtime.timing); v2 keyed by provider; v3 by target and precision;
-# v4: an int8 target's layers at their faster precision
-CACHE_FILE = "latency-v4.json"
+# v4: an int8 target's layers at their faster precision; v5: the ratio paired per round over short blocks
+CACHE_FILE = "latency-v5.json"
 NOISY = 1.0  # relative IQR above which a timing is retried and, if still noisy, not trusted from the cache
 RETRIES = 2
 SPOT_CHECKS = 3  # cached candidates re-timed before a plan trusts the cache
 SPOT_SEED = 4321  # the spot check's inputs: apart from the stream the candidates are timed with
 STALE = 1.4  # their median ratio this many times above or below the cached one: the cache is re-measured
+# A pair is timed in blocks of PAIR_BLOCK_S, at least PAIR_ROUNDS rounds of A B / B A, with no cap on the runs, and
+# its ratio is the median of the per-round ratios (``timing.compare``). Before v5 a 200-run cap ended a 0.3 ms
+# layer's timing inside one block per model, so whatever changed the machine's speed between those two blocks went
+# into the ratio: four timings of ResNet-32's layer3 dwsep rank 3 read 0.28-0.89, paired 0.55-0.59 (README).
+PAIR_BLOCK_S = 0.02
+PAIR_ROUNDS = 4
 
 
 def cache_dir() -> Path:
@@ -148,8 +155,9 @@ def cache_key(
 def time_pair(
     original: nn.Module, candidate: nn.Module, example: torch.Tensor, target, seconds: float
 ) -> dict:
-    """Interleaved medians of two modules on the same input (seconds per run) and their ratio, both deployed
-    for ``target``; a timing whose spread (relative IQR) is above ``NOISY`` is retried up to ``RETRIES`` times
+    """Two modules on the same input, both deployed for ``target``, timed in alternating short blocks: the
+    original's median run (seconds) and the candidate's ratio to it, the median of the per-round ratios
+    (``PAIR_BLOCK_S``); a timing whose spread (relative IQR) is above ``NOISY`` is retried up to ``RETRIES`` times
     and the steadiest one kept. For an int8 target each module is timed in fp32 and in int8 and its faster
     precision counts, since the deployment keeps in fp32 what int8 makes slower (``runtime.int8_whole``)."""
     sessions = {}
@@ -158,7 +166,9 @@ def time_pair(
         sessions[name] = target.session(target.deploy_bytes(exported))
         if target.precision == "int8":
             sessions[f"{name} fp32"] = target.session(exported)
-    settings = TimingSettings(seconds=seconds, min_runs=7, max_runs=200, warmup=2, min_rounds=1)
+    settings = TimingSettings(
+        seconds=seconds, block_seconds=PAIR_BLOCK_S, min_runs=7, warmup=2, min_rounds=PAIR_ROUNDS
+    )
     best = None
     for _ in range(1 + RETRIES):
         timed = time_sessions(sessions, [example.numpy()], settings)
@@ -169,12 +179,14 @@ def time_pair(
             break
     timed, spread = best
     orig, cand = (
-        min(t.median_s for n, t in timed.items() if n.startswith(k)) for k in ("original", "candidate")
+        min((t for n, t in timed.items() if n.startswith(k)), key=lambda t: t.median_s)
+        for k in ("original", "candidate")
     )
+    ratio = 1.0 / compare(orig, cand)["speedup"]
     return {
-        "orig_s": orig,
-        "cand_s": cand,
-        "ratio": cand / orig,
+        "orig_s": orig.median_s,
+        "cand_s": orig.median_s * ratio,
+        "ratio": ratio,
         "spread": spread,
         "runs": timed["original"].runs,
     }

@@ -102,6 +102,37 @@ def test_int8_layers_count_at_their_faster_precision(prepared, monkeypatch):
     assert (timed["orig_s"], timed["cand_s"], timed["ratio"]) == (2.0, 1.0, 0.5)
 
 
+def test_layer_ratio_pairs_rounds_so_a_shift_in_machine_speed_cancels(prepared, monkeypatch):
+    """A pair is timed in many short rounds and its ratio is the median of the per-round ratios: here the machine
+    runs 4x slower through the original's first block (which also holds most of its runs), and the candidate is
+    half the original's time in every round. The ratio of the overall medians would read 1/8; the pairing reads
+    1/2. The timing asks for rounds, short blocks and no cap on the runs, so even a fast layer alternates."""
+    from convslim.runtime import get_target
+    from convslim.runtime.timing import Timing, TimingSettings
+
+    asked = {}
+
+    def fake_time_sessions(sessions, inputs, settings):
+        asked.update(rounds=settings.min_rounds, block=settings.block, cap=settings.max_runs)
+        return {
+            "original": Timing(blocks=[[8.0] * 5, [2.0], [2.0], [2.0]]),
+            "candidate": Timing(blocks=[[4.0], [1.0] * 5, [1.0] * 5, [1.0] * 5]),
+        }
+
+    monkeypatch.setattr(latency, "time_sessions", fake_time_sessions)
+    conv = dict(prepared.traced.module.named_modules())["b"]
+    site = next(s for s in prepared.sites if s.name == "b")
+    replacement = candidates_for(site, parse_forms("dwsep"), {"dwsep": [{"rank": 1}]})[0][0].build(conv)
+    timed = latency.time_pair(conv, replacement, torch.randn(4, 16, 10, 10), get_target("cpu"), 0.3)
+    assert timed["ratio"] == 0.5
+    assert timed["cand_s"] == timed["orig_s"] * 0.5
+    assert asked == {
+        "rounds": latency.PAIR_ROUNDS,
+        "block": latency.PAIR_BLOCK_S,
+        "cap": TimingSettings().max_runs,
+    }
+
+
 def test_int8_plan_measures_against_the_fp32_original(prepared, tmp_path, monkeypatch):
     """--target-speedup under cpu-int8 is read against the original as users run it today: in fp32."""
     from convslim.planner import plan_to_budget
