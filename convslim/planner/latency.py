@@ -62,7 +62,7 @@ STALE = 1.4  # their median ratio this many times above or below the cached one:
 # A pair is timed in blocks of PAIR_BLOCK_S, at least PAIR_ROUNDS rounds of A B / B A, with no cap on the runs, and
 # its ratio is the median of the per-round ratios (``timing.compare``). Before v5 a 200-run cap ended a 0.3 ms
 # layer's timing inside one block per model, so whatever changed the machine's speed between those two blocks went
-# into the ratio: four timings of ResNet-32's layer3 dwsep rank 3 read 0.28-0.89, paired 0.55-0.59 (README).
+# into the ratio: four timings of ResNet-32's layer3 dwsep rank 3 read 0.31-0.63, paired 0.57-0.60 (README).
 PAIR_BLOCK_S = 0.02
 PAIR_ROUNDS = 4
 
