@@ -104,9 +104,10 @@ def test_int8_layers_count_at_their_faster_precision(prepared, monkeypatch):
 
 def test_layer_ratio_pairs_rounds_so_a_shift_in_machine_speed_cancels(prepared, monkeypatch):
     """A pair is timed in many short rounds and its ratio is the median of the per-round ratios: here the machine
-    runs 4x slower through the original's first block (which also holds most of its runs), and the candidate is
-    half the original's time in every round. The ratio of the overall medians would read 1/8; the pairing reads
-    1/2. The timing asks for rounds, short blocks and no cap on the runs, so even a fast layer alternates."""
+    runs 4x slower through the first round, where the original ran most of its runs and the candidate one, and
+    the candidate takes half the original's time in every round. The ratio of the overall medians would read 1/8;
+    the pairing reads 1/2. The timing asks for rounds, short blocks and no cap on the runs, so even a fast layer
+    alternates."""
     from convslim.runtime import get_target
     from convslim.runtime.timing import Timing, TimingSettings
 
