@@ -5,9 +5,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
+from convslim.cli.args import data_sets, finetune_inputs
+from convslim.cli.commands import build_parser
 from convslim.finetune.batches import training_batches
 from convslim.finetune.distill import feature_phase
 from convslim.finetune.loop import Phase
@@ -65,11 +68,16 @@ def test_no_mirror_without_the_setting_or_without_augmentation(tiny_data, change
 
 
 @pytest.mark.parametrize("given, expected", [([], True), (["--no-teacher-mirror"], False)])
-def test_cli_turns_the_mirror_off(given, expected):
-    from convslim.cli.commands import build_parser
-
-    argv = ["compress", "m.pt", "--input-shape", "1,3,16,16", "--out", "out", *given]
-    assert build_parser().parse_args(argv).no_teacher_mirror is not expected
+def test_cli_turns_the_mirror_off(tiny, tmp_path, given, expected):
+    """The flag reaches the settings the fine-tune runs with, not only the parser."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "train.npz"
+    np.savez(data, x=rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8), y=rng.integers(0, 4, 40))
+    argv = ["compress", "m.pt", "--input-shape", "1,3,16,16", "--out", "out", "--data", str(data), *given]
+    args = build_parser().parse_args(argv)
+    inputs = (torch.randn(1, 3, 16, 16),)
+    hook, _ = finetune_inputs(args, tiny, inputs, data_sets(args, tiny, inputs))
+    assert hook.settings.teacher_mirror is expected
 
 
 def test_inputs_without_a_mirror_image_turn_the_mirror_off():
