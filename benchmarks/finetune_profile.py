@@ -8,10 +8,11 @@ validation images. Phases are timed with the library's own loops (``distill.feat
 phase B with the teacher replayed (its default after phase A) and live. "stage 2" weighs the two phases as the
 recipe's time budget does (``feature_fraction`` of the time in phase A).
 
-``--variants`` times the student's step three ways in alternating blocks: as the library runs it (eager),
-under ``torch.compile`` (inductor, its compile time apart) and with its 1x1 convs run as matmuls over
-channels-last tensors, each against plain training of the original; the library keeps whichever measures
-fastest (today eager: README "Where the minutes go").
+``--variants`` times the student's step four ways in alternating blocks: as the library runs it (eager),
+under ``torch.compile`` (inductor, its compile time apart), with its 1x1 convs run as matmuls over
+channels-last tensors, and with its training BatchNorms folded into the heads (a step without them, as phase B
+would run unnormalised), each against plain training of the original; the library keeps whichever measures
+fastest at no cost in accuracy (today eager: README "Where the minutes go").
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from convslim.api import prepare, rewrite
-from convslim.finetune.affine import is_plain_1x1, wrap_all
+from convslim.finetune.affine import TrainNorm, is_plain_1x1, unwrap_all, wrap_all
 from convslim.finetune.batches import layout, training_batches
 from convslim.finetune.distill import feature_phase, kd_phase
 from convslim.finetune.feed import evaluate, take
@@ -153,10 +154,17 @@ def _with_matmul_pointwise(student: torch.nn.Module) -> torch.nn.Module:
     return twin
 
 
+def _without_training_norms(student: torch.nn.Module) -> torch.nn.Module:
+    twin = copy.deepcopy(student)
+    unwrap_all(twin, [name for name, m in twin.named_modules() if isinstance(m, TrainNorm)])
+    return twin
+
+
 def variants(model, plan, train, s: FinetuneSettings, rounds: int = 8, steps: int = 4) -> dict:
     """The student's training step (forward, KD loss, backward, optimiser; teacher outputs precomputed) as the
-    library runs it (eager), under ``torch.compile`` (inductor), and with its 1x1 convs run as matmuls, against
-    plain training of the original: medians of alternating blocks of ``steps`` steps, milliseconds per step."""
+    library runs it (eager), under ``torch.compile`` (inductor), with its 1x1 convs run as matmuls and with its
+    training BatchNorms folded, against plain training of the original: medians of alternating blocks of
+    ``steps`` steps, milliseconds per step."""
     teacher, student, _ = _models(model, plan, train, s)
     batches = training_batches(train, s, torch.Generator().manual_seed(0), "cpu")
     data = [next(batches) for _ in range(steps)]
@@ -167,6 +175,7 @@ def variants(model, plan, train, s: FinetuneSettings, rounds: int = 8, steps: in
         "eager": student,
         "torch.compile": torch.compile(student),
         "1x1 as matmul": _with_matmul_pointwise(student),
+        "training BatchNorms folded": _without_training_norms(student),
     }
     optimizers = {
         k: make_optimizer([p for p in m.parameters() if p.requires_grad], s) for k, m in nets.items()
