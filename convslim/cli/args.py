@@ -110,6 +110,7 @@ def _tuned_flags(d: FinetuneSettings) -> tuple:
     return (
         ("--batch-size", int, f"fine-tuning batch size (default {d.batch_size})"),
         ("--lr", float, f"peak learning rate of the {d.schedule} schedule (default {d.lr:g})"),
+        ("--distill-lr-scale", float, f"phase B's peak: --lr times this (default {d.distill_lr_scale:.4g})"),
         ("--weight-decay", float, f"weight decay (default {d.weight_decay:g})"),
         ("--temperature", float, f"temperature T of --distill-loss kl (default {d.temperature:g})"),
         ("--ce-weight", float, f"cross-entropy weight when labels exist (default {d.ce_weight:g})"),
@@ -280,7 +281,7 @@ def files_to_save(args: argparse.Namespace, sets: dict) -> dict:
 
 RECIPE = ("batch_size", "lr", "weight_decay", "temperature", "ce_weight", "feature_weight")
 RECIPE += ("feature_fraction", "mixup", "cutout", "calibration_samples", "optimizer", "sync_batchnorm")
-RECIPE += ("distill_loss",)
+RECIPE += ("distill_loss", "distill_lr_scale")
 
 
 def recipe_settings(args: argparse.Namespace) -> dict:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -153,7 +153,8 @@ def _stage2(stage: Stage, heads: dict[str, list[nn.Conv2d] | None]) -> Stage2Res
     left = stage.seconds_left()
     phase_b = TrainBudget(steps - phase_a.done if steps else None, max(left, 1.0) if left else None)
     params = [p for p in student.parameters() if p.requires_grad]
-    phase = Phase(student, params, s, phase_b, stage.stop, "stage 2b: distill", s.progress)
+    at_b = replace(s, lr=s.lr * s.distill_lr_scale)
+    phase = Phase(student, params, at_b, phase_b, stage.stop, "stage 2b: distill", s.progress)
     replayed = log.replay(
         torch.Generator().manual_seed(s.seed * 1000 + 2), stage.device
     )  # alike on all ranks

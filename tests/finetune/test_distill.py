@@ -167,3 +167,38 @@ def test_cli_passes_the_distillation_loss_on(given, expected):
     argv = ["compress", "m.pt", "--input-shape", "1,3,16,16", "--out", "out", *given]
     args = build_parser().parse_args(argv)
     assert FinetuneSettings(**recipe_settings(args)).distill_loss == expected
+
+
+@pytest.mark.parametrize("scale", [1.0, 5 / 3])
+def test_phase_b_peaks_at_the_learning_rate_times_its_scale(tiny_compressed, tiny_data, monkeypatch, scale):
+    import convslim.finetune.recipe as recipe
+
+    peaks = {}
+    for name in ("feature_phase", "kd_phase"):
+        original = getattr(recipe, name)
+
+        def spy(teacher, phase, *rest, _original=original, _name=name, **kw):
+            peaks[_name] = phase.settings.lr
+            return _original(teacher, phase, *rest, **kw)
+
+        monkeypatch.setattr(recipe, name, spy)
+    prepared, p, student = tiny_compressed
+    hook = finetune(tiny_data, None, steps=4, lr=2e-3, distill_lr_scale=scale, progress=False)
+    hook(prepared, student, p)
+    assert peaks == {"feature_phase": 2e-3, "kd_phase": pytest.approx(2e-3 * scale)}
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan")])
+def test_a_phase_b_scale_that_is_not_positive_is_refused(scale):
+    with pytest.raises(UsageError, match="distill-lr-scale"):
+        FinetuneSettings(distill_lr_scale=scale).check()
+
+
+def test_cli_passes_the_phase_b_scale_on():
+    from convslim.cli.args import recipe_settings
+    from convslim.cli.commands import build_parser
+
+    argv = ["compress", "m.pt", "--input-shape", "1,3,16,16", "--out", "out", "--distill-lr-scale", "1"]
+    args = build_parser().parse_args(argv)
+    assert FinetuneSettings(**recipe_settings(args)).distill_lr_scale == 1.0
+    assert FinetuneSettings().distill_lr_scale == pytest.approx(5 / 3)
