@@ -109,7 +109,7 @@ def _tuned_flags(d: FinetuneSettings) -> tuple:
     """(flag, type, help) of the recipe's numeric settings, with their defaults in the help."""
     return (
         ("--batch-size", int, f"fine-tuning batch size (default {d.batch_size})"),
-        ("--lr", float, f"peak learning rate of the {d.schedule} schedule (default {d.lr:g})"),
+        ("--lr", float, f"peak learning rate of phase A's {d.schedule} schedule (default {d.lr:g})"),
         ("--distill-lr-scale", float, f"phase B's peak: --lr times this (default {d.distill_lr_scale:.4g})"),
         ("--weight-decay", float, f"weight decay (default {d.weight_decay:g})"),
         ("--temperature", float, f"temperature T of --distill-loss kl (default {d.temperature:g})"),
