@@ -13,7 +13,8 @@ Stage-1 scores are the recipe's own (``accuracy.stage1``, scored on val5k right 
 one step). The whole fine-tunes get no validation data (nothing is selected on val5k); val5k is scored once, at
 the end. The synthetic images are made with the defaults of ``convslim.finetune.generation_settings`` and
 trained on with the library's synthetic recipe (``SYNTHETIC_RECIPE``: mixup, so the teacher runs live; charge
-that with ``--steps``, e.g. 0.9× as many); with
+that with ``--steps``, e.g. 0.9× as many; ``--set FIELD=VALUE`` changes a ``FinetuneSettings`` field of every
+row, e.g. ``--set distill_lr_scale=1.6667``); with
 ``--cache DIR`` they are saved there once and reused (the ×2 and the rank-1 rows share them: same original).
 
 Run from the repository root (needs ../shared/data), e.g. one thread per job on a shared machine:
@@ -37,7 +38,7 @@ from torch import nn
 
 from convslim import apply, compress, plan, prepare
 from convslim.core import Plan
-from convslim.finetune import finetune, from_synthetic, generation_settings
+from convslim.finetune import FinetuneSettings, finetune, from_synthetic, generation_settings
 from convslim.finetune.datafree import GENERATION_SHARE
 from convslim.inputs.bn_probe import BatchNormProbe, channel_moments
 from convslim.inputs.data import ArrayData
@@ -138,8 +139,9 @@ def run_hook(model, the_plan: Plan, hook, calibration) -> tuple[dict, torch.nn.M
 
 def hook_for(source: str, model, data: dict, steps: int, val) -> tuple:
     """(hook, calibration) for ``source``: "train10k", "synthetic", "real64+synthetic" or "real:N" (the first N
-    train10k images without their labels, as synthetic ones come: how far the images' number alone limits)."""
-    settings = {"steps": steps, "evals": 1, **QUIET}
+    train10k images without their labels, as synthetic ones come: how far the images' number alone limits);
+    ``data["settings"]`` (``--set``) override the recipe's fields."""
+    settings = {"steps": steps, "evals": 1, **QUIET, **data.get("settings", {})}
     if source == "train10k":
         return finetune(data["train"], val, **settings), data["train"].x[:256]
     if source.startswith("real:"):
@@ -189,6 +191,13 @@ def main() -> None:
         metavar="FIELD=VALUE",
         help="a SynthesisSettings field to make the images with, e.g. --synthesis coarse=0",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a FinetuneSettings field for every row's fine-tune, e.g. --set distill_lr_scale=1.6667",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, help="folder to keep the synthetic images in between runs")
     parser.add_argument(
@@ -205,6 +214,7 @@ def main() -> None:
     xt, yt = cifar_arrays("train10k")
     xv, yv = cifar_arrays("val5k")
     data = {"train": ArrayData(xt, yt, "train10k"), "val": ArrayData(xv, yv, "val5k"), "val_xy": (xv, yv)}
+    data["settings"] = dict(typed_setting(text, FinetuneSettings()) for text in args.set)
     sources = args.sources.split(",")
     if any("synthetic" in s for s in sources):
         ratio = args.gen_step_ratio or round(step_cost_ratio(model, the_plan), 3)
