@@ -6,7 +6,8 @@ Parts of a step (medians over the instrumented steps): feeding (batch, augmentat
 forward, the student's forward, loss + backward, the optimiser; validation is the time of one pass over the
 validation images. Phases are timed with the library's own loops (``distill.feature_phase`` / ``kd_phase``),
 phase B with the teacher replayed (its default after phase A) and live. "stage 2" weighs the two phases as the
-recipe's time budget does (``feature_fraction`` of the time in phase A).
+recipe's time budget does (``feature_fraction`` of the time in phase A). The teacher runs as stage 2 runs it
+(``teacher_precision``; ``--set teacher_precision=fp32`` times it in float32).
 
 ``--variants`` times the student's step four ways in alternating blocks: as the library runs it (eager),
 under ``torch.compile`` (inductor, its compile time apart), with its 1x1 convs run as matmuls over
@@ -35,10 +36,12 @@ from convslim.finetune.reconstruct import RefitSettings, reconstruct
 from convslim.finetune.replay import TeacherLog
 from convslim.finetune.settings import FinetuneSettings
 from convslim.finetune.stopping import StopFlag, TrainBudget
+from convslim.finetune.teacher import StageTeacher, autocast_dtype
 
 
 def _models(model, plan, train, s: FinetuneSettings):
-    """(teacher, student wrapped for training, rewritten layer names) as ``recipe.run`` builds them."""
+    """(teacher, student wrapped for training, rewritten layer names) as ``recipe.run`` builds them (the teacher
+    as stage 2 runs it: ``teacher_precision``)."""
     prepared = prepare(model, (train.x[:1],))
     compressed, plan = rewrite(prepared, plan)
     cl = torch.channels_last
@@ -51,7 +54,7 @@ def _models(model, plan, train, s: FinetuneSettings):
     calib = [(layout(x, s), y) for x, y in take(train, 512, 128, gen)]
     _, heads = reconstruct(teacher, student, names, calib, RefitSettings(refit=False))
     wrap_all(student, heads, calib, "cpu")
-    return teacher, student, names
+    return StageTeacher(teacher, autocast_dtype(s.teacher_precision, torch.device("cpu"))), student, names
 
 
 def _parts(teacher, student, batches, s: FinetuneSettings, steps: int) -> dict:
@@ -63,8 +66,7 @@ def _parts(teacher, student, batches, s: FinetuneSettings, steps: int) -> dict:
         t = [time.perf_counter()]
         batch = next(batches)
         t.append(time.perf_counter())
-        with torch.no_grad():
-            target = teacher(batch.x)
+        target = teacher(batch.x)
         t.append(time.perf_counter())
         student.train()
         out = student(batch.x)
@@ -126,7 +128,7 @@ def profile(model, plan, train, val, s: FinetuneSettings, rounds: int = 3, steps
     rate["stage 2 / plain training"] = round(rate["stage 2"] / rate["plain training of the original"], 3)
     out["images_per_s"] = rate
     start = time.perf_counter()
-    evaluate(student, teacher, val, "cpu")
+    evaluate(student, teacher.module, val, "cpu")
     out["validation_s"] = round(time.perf_counter() - start, 2)
     return out
 

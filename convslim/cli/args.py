@@ -15,7 +15,7 @@ from convslim.core.samples import INT8_CALIBRATION
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings
 from convslim.finetune.datafree import SYNTHETIC_RECIPE
-from convslim.finetune.settings import DISTILL_LOSSES
+from convslim.finetune.settings import DISTILL_LOSSES, TEACHER_PRECISIONS
 from convslim.inputs.sets import HeldOut, scored_set, training_set
 
 
@@ -158,26 +158,9 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
         field = flag[2:].replace("-", "_")
         default = None if field in SYNTHETIC_RECIPE else getattr(d, field)  # None: the data decides
         g.add_argument(flag, type=kind, default=default, help=text)
-    g.add_argument(
-        "--optimizer",
-        choices=("adamw", "sgd"),
-        default=d.optimizer,
-        help=f"optimiser (default {d.optimizer})",
-    )
-    g.add_argument(
-        "--distill-loss",
-        choices=DISTILL_LOSSES,
-        default=d.distill_loss,
-        help="end-to-end distillation: mse, the squared error of the logits, or kl at --temperature "
-        f"(default {d.distill_loss})",
-    )
-    g.add_argument(
-        "--sync-batchnorm",
-        choices=("auto", "on", "off"),
-        default=d.sync_batchnorm,
-        help="under torchrun, BatchNorm statistics over the global batch; auto: when a rank gets under 32 "
-        "samples per step (default auto)",
-    )
+    for flag, choices, text in _choice_flags():
+        default = getattr(d, flag[2:].replace("-", "_"))
+        g.add_argument(flag, choices=choices, default=default, help=f"{text} (default {default})")
     g.add_argument("--no-augment", action="store_true", help="no random crop + flip on image batches")
     g.add_argument(
         "--no-teacher-mirror",
@@ -267,6 +250,30 @@ def add_save_synthetic_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _choice_flags() -> tuple:
+    """(flag, choices, help) of the recipe's settings that take one of a few words."""
+    return (
+        ("--optimizer", ("adamw", "sgd"), "optimiser"),
+        (
+            "--distill-loss",
+            DISTILL_LOSSES,
+            "end-to-end distillation: mse, the squared error of the logits, or kl at --temperature",
+        ),
+        (
+            "--sync-batchnorm",
+            ("auto", "on", "off"),
+            "under torchrun, BatchNorm statistics over the global batch; auto: when a rank gets under 32 "
+            "samples per step",
+        ),
+        (
+            "--teacher-precision",
+            TEACHER_PRECISIONS,
+            "stage 2's teacher forwards; auto: bfloat16 autocast on a CPU with native bfloat16 arithmetic "
+            "(avx512_bf16, amx_bf16), else float32",
+        ),
+    )
+
+
 def files_to_save(args: argparse.Namespace, sets: dict) -> dict:
     """The extra output files asked for (``Output.files``): ``synthetic.pt`` with ``--save-synthetic``."""
     from convslim.inputs.synthetic import SyntheticData
@@ -281,7 +288,7 @@ def files_to_save(args: argparse.Namespace, sets: dict) -> dict:
 
 RECIPE = ("batch_size", "lr", "weight_decay", "temperature", "ce_weight", "feature_weight")
 RECIPE += ("feature_fraction", "mixup", "cutout", "calibration_samples", "optimizer", "sync_batchnorm")
-RECIPE += ("distill_loss", "distill_lr_scale")
+RECIPE += ("distill_loss", "distill_lr_scale", "teacher_precision")
 
 
 def recipe_settings(args: argparse.Namespace) -> dict:

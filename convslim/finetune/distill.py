@@ -35,6 +35,7 @@ from convslim.finetune.batches import Batch
 from convslim.finetune.loop import BestKeeper, Phase, train
 from convslim.finetune.losses import kd_loss, relative_mse
 from convslim.finetune.replay import TeacherLog
+from convslim.finetune.teacher import full_precision
 
 
 def blocks_of(names: list[str]) -> list[list[str]]:
@@ -88,14 +89,14 @@ def feature_phase(teacher, phase: Phase, names: list[str], batches, log: Teacher
 
 def _store_input(store, key):
     def hook(mod, args):
-        store[key] = args[0].detach()
+        store[key] = full_precision(args[0].detach())
 
     return hook
 
 
 def _store_output(store, key):
     def hook(mod, args, out):
-        store[key] = out
+        store[key] = full_precision(out)
 
     return hook
 

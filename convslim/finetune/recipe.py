@@ -38,6 +38,7 @@ from convslim.finetune.reconstruct import RefitSettings, recalibrate_batchnorm, 
 from convslim.finetune.replay import TeacherLog
 from convslim.finetune.settings import DEFAULT_STEPS, FinetuneSettings
 from convslim.finetune.stopping import StopFlag, TrainBudget, interruptible
+from convslim.finetune.teacher import StageTeacher, autocast_dtype
 
 RISING_GAIN = 0.001  # a validation gain above 0.1 pt over phase B's last check counts as still rising
 
@@ -144,11 +145,12 @@ def _stage2(stage: Stage, heads: dict[str, list[nn.Conv2d] | None]) -> Stage2Res
     frac = s.feature_fraction
     phase_a = TrainBudget(round(steps * frac) if steps else None, left * frac if left is not None else None)
     log = TeacherLog.for_run(stage.train, s)
+    teacher = StageTeacher(stage.teacher, autocast_dtype(s.teacher_precision, stage.device))
     blocks = {}
     if frac > 0:
         params = [p for n in stage.names for p in student.get_submodule(n).parameters() if p.requires_grad]
         phase = Phase(student, params, s, phase_a, stage.stop, "stage 2a: blocks", s.progress)
-        blocks = feature_phase(stage.teacher, phase, stage.names, live, log)
+        blocks = feature_phase(teacher, phase, stage.names, live, log)
     parallel.agree(stage.stop, stage.budget)
     left = stage.seconds_left()
     phase_b = TrainBudget(steps - phase_a.done if steps else None, max(left, 1.0) if left else None)
@@ -158,11 +160,12 @@ def _stage2(stage: Stage, heads: dict[str, list[nn.Conv2d] | None]) -> Stage2Res
     replayed = log.replay(
         torch.Generator().manual_seed(s.seed * 1000 + 2), stage.device
     )  # alike on all ranks
-    summary, best = kd_phase(stage.teacher, phase, stage.names, replayed or live, stage.score)
+    summary, best = kd_phase(teacher, phase, stage.names, replayed or live, stage.score)
     mirror = ", averaged with their mirror images" if log.mirror else ""
     summary["teacher"] = (
         f"replayed ({log.views} views of phase A{mirror})" if replayed else f"live ({log.why_not})"
     )
+    summary["teacher_precision"] = teacher.describe()
     report = {"stage2_blocks": blocks, "stage2_distill": summary, "wrapped_with_batchnorm": len(wrapped)}
     return Stage2Result(best if summary["best_score"] is not None else None, wrapped, report)
 

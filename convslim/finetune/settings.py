@@ -14,6 +14,7 @@ from convslim.errors import UsageError
 DEFAULT_STEPS = 1000
 SCHEDULES = ("cosine", "onecycle")
 DISTILL_LOSSES = ("kl", "mse")
+TEACHER_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -45,6 +46,8 @@ class FinetuneSettings:
     # the replayed outputs average the teacher's on each view and on its mirror image (flip TTA; with
     # ``augment``): +0.3 pt at ResNet-20 ×2, +0.1 pt at rank 1, at equal minutes (issue 25)
     teacher_mirror: bool = True
+    # stage 2's teacher forwards: "auto" (bfloat16 where the CPU has it natively), "fp32" or "bf16" (``teacher``)
+    teacher_precision: str = "auto"
     # stage 1; off when the weights were fine-tuned already (``FinetuneHook.resuming``)
     reconstruct: bool = True
     depthwise_rounds: int = 2  # stage 1: alternations of depthwise filters and heads (0: heads only)
@@ -75,6 +78,7 @@ class FinetuneSettings:
             raise UsageError("--batch-size, --lr, --distill-lr-scale and --temperature must be positive")
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("distill_loss", self.distill_loss, DISTILL_LOSSES)
+        _check_choice("teacher_precision", self.teacher_precision, TEACHER_PRECISIONS)
         if self.optimizer not in ("adamw", "sgd"):
             raise UsageError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.sync_batchnorm not in ("auto", "on", "off"):
