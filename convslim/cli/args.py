@@ -15,7 +15,7 @@ from convslim.core.samples import INT8_CALIBRATION
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings
 from convslim.finetune.datafree import SYNTHETIC_RECIPE
-from convslim.finetune.settings import DISTILL_LOSSES, TEACHER_PRECISIONS
+from convslim.finetune.settings import DISTILL_LOSSES, OPTIMIZERS, SYNC_BATCHNORM, TEACHER_PRECISIONS
 from convslim.inputs.sets import HeldOut, scored_set, training_set
 
 
@@ -253,7 +253,7 @@ def add_save_synthetic_arg(p: argparse.ArgumentParser) -> None:
 def _choice_flags() -> tuple:
     """(flag, choices, help) of the recipe's settings that take one of a few words."""
     return (
-        ("--optimizer", ("adamw", "sgd"), "optimiser"),
+        ("--optimizer", OPTIMIZERS, "optimiser"),
         (
             "--distill-loss",
             DISTILL_LOSSES,
@@ -261,7 +261,7 @@ def _choice_flags() -> tuple:
         ),
         (
             "--sync-batchnorm",
-            ("auto", "on", "off"),
+            SYNC_BATCHNORM,
             "under torchrun, BatchNorm statistics over the global batch; auto: when a rank gets under 32 "
             "samples per step",
         ),

@@ -15,6 +15,8 @@ DEFAULT_STEPS = 1000
 SCHEDULES = ("cosine", "onecycle")
 DISTILL_LOSSES = ("kl", "mse")
 TEACHER_PRECISIONS = ("auto", "fp32", "bf16")
+OPTIMIZERS = ("adamw", "sgd")
+SYNC_BATCHNORM = ("auto", "on", "off")
 
 
 @dataclass
@@ -79,9 +81,9 @@ class FinetuneSettings:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("distill_loss", self.distill_loss, DISTILL_LOSSES)
         _check_choice("teacher_precision", self.teacher_precision, TEACHER_PRECISIONS)
-        if self.optimizer not in ("adamw", "sgd"):
+        if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
-        if self.sync_batchnorm not in ("auto", "on", "off"):
+        if self.sync_batchnorm not in SYNC_BATCHNORM:
             raise UsageError(f"--sync-batchnorm must be auto, on or off, got {self.sync_batchnorm!r}")
         if self.depthwise_rounds < 0:
             raise UsageError(f"depthwise_rounds must be ≥ 0, got {self.depthwise_rounds}")
