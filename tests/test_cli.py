@@ -174,4 +174,8 @@ def test_compress_real_resnet20_end_to_end(tmp_path, capsys, resnet20_path):
         assert low <= high and speed["runs"] >= 10 and speed["rounds"] >= 3
     assert report["parity"]["original_onnx_vs_torch"]["passed"]
     assert "ort_cuda" in report["speed"]
-    assert "speedup vs BN-folded original" in capsys.readouterr().out
+    steady = report["deploy"]["speed_one_thread"]  # the fp32 pair again, one ORT thread per session
+    assert set(steady) == {"1", "32"} and all(s["speedup"] > 1 and s["rounds"] >= 3 for s in steady.values())
+    printed = capsys.readouterr().out
+    assert "speedup vs BN-folded original" in printed and "one ORT thread per session" in printed
+    assert "one ORT thread per session" in (out / "report.md").read_text()

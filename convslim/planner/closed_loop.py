@@ -27,6 +27,10 @@ becomes the geometric mean of the two. Without it the search keeps the first rou
 3.19x while the final report measured the same graphs at 1.39x, 1.98x, 2.22x and 3.05x (the 2.60x plan: 2.32x
 in long alternating blocks).
 
+Threads. A round times both models with one intra-op thread each (``runtime.timing.STEADY_THREADS``), not ORT's
+default of one per core, whose ratio swings on a shared machine: a plan chosen on a slow spell's reading is a
+different, more damaging plan (2.3 pt of top-1 on ResNet-20 at x3). The report times the deployment both ways.
+
 Example:
     >>> best, rounds = search(select_at, measure, target=2.5, base_s=0.018)
 """
@@ -43,7 +47,7 @@ from convslim.core import Plan
 from convslim.passes.apply_plan import apply_plan
 from convslim.runtime.export import ExportSettings, export_bytes
 from convslim.runtime.targets import available_target, get_target
-from convslim.runtime.timing import DEFAULT_TIMING, compare, random_inputs, time_sessions
+from convslim.runtime.timing import DEFAULT_TIMING, STEADY_THREADS, compare, random_inputs, time_sessions
 
 MAX_ROUNDS = 8
 AIM = 1.03
@@ -62,13 +66,15 @@ def deployed_bytes(module: nn.Module, example_inputs: tuple, target, calibration
 @dataclass(frozen=True)
 class WholeModelTiming:
     """How a whole planned model is timed: at ``batch`` on ``target`` for ``seconds`` (as the report's own
-    measurement), deployed with ``calibration`` (int8), exported at ``opset``."""
+    measurement), deployed with ``calibration`` (int8), exported at ``opset``, with ``threads`` intra-op threads
+    per session (None: ORT's default)."""
 
     batch: int
     target: object = "cpu"
     seconds: float = 3.0
     calibration: object = None
     opset: int | None = None
+    threads: int | None = STEADY_THREADS
 
 
 def measure_plan_speedup(
@@ -89,7 +95,10 @@ def measure_plan_speedup(
     planned = planned_model or deployed_bytes(
         apply_plan(module, plan), example_inputs, target, timing.calibration, timing.opset
     )
-    sessions = {"original": target.session(original_model), "candidate": target.session(planned)}
+    sessions = {
+        "original": target.session(original_model, timing.threads),
+        "candidate": target.session(planned, timing.threads),
+    }
     # the final report's timing (no cap on runs): a cap cut the faster model's later blocks to one run each,
     # so its median came from the first rounds alone and the rounds read 5-15 % above the final measurement
     settings = replace(DEFAULT_TIMING, seconds=timing.seconds)

@@ -37,12 +37,24 @@ def deploy_lines(deploy: dict[str, Any] | None) -> list[str]:
             if name.startswith("compressed") or ref == "vs_original_fp32"
         ]
         lines.append(f"  {deploy['runtime']} batch {batch}: " + ", ".join(parts) + "; " + ", ".join(speed))
+    steady = one_thread_text(deploy)
+    if steady:
+        lines.append(f"  {steady}")
     advice = deploy.get("recommended")
     if advice:
         lines.append(f"  deploy {advice['file']}: {advice['why']}")
     for model, item in (deploy.get("int8") or {}).items():
         lines += [f"  int8 ({model}): {line}" for line in excluded_lines(item.get("excluded", []))]
     return lines
+
+
+def one_thread_text(deploy: dict[str, Any]) -> str | None:
+    """The fp32 pair's speedups on one ORT thread per session, as one sentence (None when not timed)."""
+    steady = deploy.get("speed_one_thread")
+    if not steady:
+        return None
+    parts = ", ".join(f"batch {b}: {v['speedup']:.2f}x" for b, v in steady.items())
+    return f"one ORT thread per session (steady on a shared machine; the planner times this way): {parts}"
 
 
 def fp32_pair(entry: dict) -> dict:
@@ -119,6 +131,9 @@ def deploy_markdown(deploy: dict[str, Any] | None) -> list[str]:
             )
         if "warning" in entry:
             out.append(f"\n{entry['warning']}")
+    steady = one_thread_text(deploy)
+    if steady:
+        out += ["", f"Speedup of the fp32 pair with {steady}."]
     advice = deploy.get("recommended")
     if advice:
         out += ["", f"**Deploy `{advice['file']}`**: {advice['why']}."]

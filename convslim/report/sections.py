@@ -178,7 +178,8 @@ class VerifySection:
 @dataclass(frozen=True)
 class DeploySection(_ReadsLikeADict):
     """The models as deployed for the runtime target: files and hashes, int8 details, accuracy, every model timed
-    together per batch (``speed``), which compressed file to ship; ``other_providers``: the fp32 pair timed on
+    together per batch (``speed``) and the fp32 pair again on one ORT thread (``speed_one_thread``), which compressed
+    file to ship; ``other_providers``: the fp32 pair timed on
     CUDA / TensorRT (or why not). Reads like the report's ``deploy`` dict."""
 
     runtime: str
@@ -188,6 +189,7 @@ class DeploySection(_ReadsLikeADict):
     int8: Mapping[str, Any] | None = None
     accuracy: Mapping[str, Any] | None = None
     speed: Mapping[str, Any] | None = None
+    speed_one_thread: Mapping[str, Any] | None = None
     recommended: Mapping[str, Any] | None = None
     speed_not_measured: str | None = None
     other_providers: Mapping[str, Any] = field(default_factory=dict)
@@ -203,7 +205,7 @@ class DeploySection(_ReadsLikeADict):
         if self.int8:
             out["int8"] = self.int8
         out["accuracy"] = self.accuracy
-        optional = ("speed", "recommended", "speed_not_measured")
+        optional = ("speed", "speed_one_thread", "recommended", "speed_not_measured")
         out.update({key: getattr(self, key) for key in optional if getattr(self, key) is not None})
         return out
 

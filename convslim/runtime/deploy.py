@@ -26,7 +26,7 @@ from convslim.runtime.int8_speed import NodeSpeeds
 from convslim.runtime.measure import NOISY_SPREAD, NOISY_WARNING, measure_models
 from convslim.runtime.sessions import run_batched
 from convslim.runtime.targets import available_target
-from convslim.runtime.timing import DEFAULT_TIMING, TimingSettings, compare
+from convslim.runtime.timing import DEFAULT_TIMING, STEADY_THREADS, TimingSettings, compare
 
 INT8_WARN_DROP = 0.01  # an int8 model losing more than 1 pt against its fp32 twin gets a warning
 
@@ -161,6 +161,16 @@ def speed_table(
             entry["warning"] = NOISY_WARNING
         table[batch] = entry
     return table
+
+
+def one_thread_speed(models: dict[str, Path], example_inputs: tuple, batch_sizes, settings: DeploySettings):
+    """Per batch size: the fp32 pair timed again with one ORT thread per session (``timing.STEADY_THREADS``), the
+    speedup the planner's rounds read; beside the default threads' it tells a plan's speed from a busy
+    neighbour's."""
+    pair = {name: models[name] for name in ("original_fp32", "compressed_fp32")}
+    timing = replace(settings.timing, threads=STEADY_THREADS)
+    timed = measure_models(pair, example_inputs, batch_sizes, settings.target(), timing)
+    return {batch: compare(t["original_fp32"], t["compressed_fp32"]) for batch, t in timed.items()}
 
 
 def int8_original(folder: Path, settings: DeploySettings, example_inputs: tuple, batch: int) -> dict:

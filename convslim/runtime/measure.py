@@ -30,7 +30,7 @@ def measure_models(
 ) -> dict[str, dict]:
     """Per batch size: ``{name: Timing}`` for every model, timed together on ``target``."""
     target = get_target(target)
-    sessions = {name: target.session(model) for name, model in models.items()}
+    sessions = {name: target.session(model, settings.threads) for name, model in models.items()}
     results = {}
     for batch in tqdm(batch_sizes, desc=f"timing ({target.name})", disable=not progress, leave=False):
         results[str(batch)] = time_sessions(sessions, random_inputs(example_inputs, batch), settings)

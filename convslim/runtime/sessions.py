@@ -15,17 +15,24 @@ import onnxruntime as ort
 import torch
 
 
-def session_options() -> ort.SessionOptions:
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The one set of options; ``threads``: ORT's intra-op threads (None: its default, one per core)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
     return options
 
 
-def open_session(model: str | Path | bytes, providers: Sequence[str]) -> ort.InferenceSession:
-    """A session on an ONNX file or its bytes (bytes: nothing touches the disk)."""
+def open_session(
+    model: str | Path | bytes, providers: Sequence[str], threads: int | None = None
+) -> ort.InferenceSession:
+    """A session on an ONNX file or its bytes (bytes: nothing touches the disk) with ``threads`` intra-op
+    threads (None: ORT's default)."""
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=session_options(), providers=list(providers))
+    options = session_options(threads)
+    return ort.InferenceSession(source, sess_options=options, providers=list(providers))
 
 
 def feeds(session: ort.InferenceSession, inputs: Sequence) -> dict[str, np.ndarray]:

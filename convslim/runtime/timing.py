@@ -36,7 +36,9 @@ from convslim.runtime.sessions import feeds
 @dataclass(frozen=True)
 class TimingSettings:
     """``seconds``: least total time; ``block_seconds``: one block (default ``seconds``/4 within 0.05-1 s);
-    ``min_rounds``: least alternation rounds; ``min_runs``/``max_runs``: per session; ``warmup``: untimed runs."""
+    ``min_rounds``: least alternation rounds; ``min_runs``/``max_runs``: per session; ``warmup``: untimed runs;
+    ``threads``: ORT intra-op threads per session (None: ORT's default, one per core; ``STEADY_THREADS``: see
+    there). Sessions made by the caller keep their own."""
 
     seconds: float = 3.0
     block_seconds: float | None = None
@@ -44,6 +46,7 @@ class TimingSettings:
     min_runs: int = 10
     max_runs: int = 100_000
     warmup: int = 3
+    threads: int | None = None
 
     @property
     def block(self) -> float:
@@ -53,6 +56,14 @@ class TimingSettings:
 
 
 DEFAULT_TIMING = TimingSettings()
+
+# One intra-op thread per session: the thread count whose ratios stay steady on a shared machine. On a 2-core VM
+# the second core is now and then taken for tens of seconds, and a multi-threaded run of a graph of many small
+# ops (a planned model) then waits at every op's barrier while the original's few large ops barely notice: over
+# 3 minutes of alternating 0.1 s blocks (ResNet-20, an x3 plan, batch 32) the two-thread ratio swung between
+# 2.15x and 3.24x in 2-s windows while the one-thread ratio stayed within 3.05-3.23x (x2 plan: 1.98-2.47x
+# against 2.41-2.55x). Undisturbed, the two-thread ratio sits 1-5 % below the one-thread one.
+STEADY_THREADS = 1
 
 
 @dataclass

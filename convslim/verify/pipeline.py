@@ -31,6 +31,7 @@ from convslim.runtime.deploy import (
     accuracy,
     deploy_models,
     int8_warnings,
+    one_thread_speed,
     recommendation,
     speed_table,
 )
@@ -175,10 +176,18 @@ def _deploy(models: dict, int8_info: dict, example, fixed_batch, settings: Verif
         reason = "speed not measured (--no-speed / measure_speed=False)"
         return replace(section, speed_not_measured=reason, notes=tuple(notes))
     table = speed_table(models, example, batch_sizes, deploy, settings.progress)
+    steady = one_thread_speed(models, example, batch_sizes, deploy)
     quantized = (int8_info.get("compressed") or {}).get("quantized_nodes")
     others = _other_providers(models, example, batch_sizes, deploy)
     advice = recommendation(table, scores, quantized)
-    return replace(section, speed=table, recommended=advice, other_providers=others, notes=tuple(notes))
+    return replace(
+        section,
+        speed=table,
+        speed_one_thread=steady,
+        recommended=advice,
+        other_providers=others,
+        notes=tuple(notes),
+    )
 
 
 def _timed_batches(batch_sizes: Sequence[int], fixed_batch: int | None) -> tuple[tuple[int, ...], str | None]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import torch
@@ -11,12 +11,16 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from convslim.api import prepare
+from convslim.core import Plan
 from convslim.models import resnet20
 from convslim.planner import plan_to_budget
 from convslim.planner.closed_loop import (
     MAX_ROUNDS,
     OVERSHOOT,
+    STEADY_THREADS,
     SearchOptions,
+    WholeModelTiming,
+    measure_plan_speedup,
     pick_round,
     realised_share,
     search,
@@ -122,6 +126,7 @@ def test_speed_budget_reports_whole_model_measurements(tmp_path, monkeypatch):
 
     def spy(module, plan, example_inputs, timing, **kwargs):
         seen.append(timing.seconds)
+        assert timing.threads == STEADY_THREADS  # the planner's rounds keep the steady thread count
         return real(module, plan, example_inputs, timing, **kwargs)
 
     monkeypatch.setattr(budgeted, "measure_plan_speedup", spy)
@@ -187,3 +192,28 @@ def test_fallback_is_measured_only_when_every_round_falls_short():
     speed.update(capped=2.34, fewest=2.0)  # the fallback is slower still: the fastest round is kept
     (_, layers, _), rounds = search(lambda m: capped, measure, target, base_s, options)
     assert layers == ["capped"] and len(rounds) == 2
+
+
+def test_whole_model_rounds_open_their_sessions_with_the_threads_asked(monkeypatch):
+    """Both models of a round run with ``WholeModelTiming.threads`` intra-op threads, the planner's one thread by
+    default (ORT's default thread count reads bimodal on a shared VM: see closed_loop's docstring)."""
+    import convslim.runtime.targets.base as base
+
+    opened: list[int] = []
+    real = base.open_session
+
+    def spy(model, providers, threads=None):
+        session = real(model, providers, threads)
+        opened.append(session.get_session_options().intra_op_num_threads)
+        return session
+
+    monkeypatch.setattr(base, "open_session", spy)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    empty = Plan(form="budget", options={}, layers=[])
+    example = (torch.randn(1, 3, 8, 8),)
+    for threads, expected in ((None, STEADY_THREADS), (2, 2)):
+        timing = WholeModelTiming(batch=2, seconds=0.01)
+        timing = timing if threads is None else replace(timing, threads=threads)
+        opened.clear()
+        measure_plan_speedup(module, empty, example, timing)
+        assert opened == [expected, expected]

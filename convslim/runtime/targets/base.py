@@ -42,8 +42,10 @@ class Target:
             return f"{missing[0]} is not in this onnxruntime ({', '.join(ort.get_available_providers())})"
         return None
 
-    def session(self, model: str | Path | bytes) -> ort.InferenceSession:
-        return open_session(model, self.providers)
+    def session(self, model: str | Path | bytes, threads: int | None = None) -> ort.InferenceSession:
+        """A session on ``model`` with this target's providers; ``threads``: intra-op threads (None: ORT's
+        default)."""
+        return open_session(model, self.providers, threads)
 
     def deploy(self, fp32_path: Path, out_path: Path, calibration=None) -> Deployed:
         """The model this target runs, made from the exported fp32 model (fp32 targets run it as is)."""
