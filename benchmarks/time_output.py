@@ -5,7 +5,9 @@ a timing's spread passes 10 %) timing the same files again later, in several rou
 from the machine's noise. Each round is one ``measure_speed`` call (alternating blocks, medians).
 
 Run from the repository root, with nothing else running:
-    python benchmarks/time_output.py OUT_DIR --rounds 3 --seconds 20 [--input-shape 1,3,32,32]
+    python benchmarks/time_output.py OUT_DIR --rounds 3 --seconds 20 [--input-shape 1,3,32,32] [--threads 1]
+
+``--threads 1`` times with one ORT thread per session, as the planner's rounds do (``timing.STEADY_THREADS``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> None:
     )
     parser.add_argument("--input-shape", default="1,3,32,32", help="one input's shape, batch 1")
     parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's)")
     args = parser.parse_args()
     example = (torch.randn(*(int(v) for v in args.input_shape.split(","))),)
     batches = [int(b) for b in args.batches.split(",")]
@@ -40,7 +43,7 @@ def main() -> None:
             args.out / "model.onnx",
             example,
             batches,
-            settings=TimingSettings(seconds=args.seconds),
+            settings=TimingSettings(seconds=args.seconds, threads=args.threads),
         )
         row = {b: {k: _rounded(e[k]) for k in KEYS} for b, e in timed.items()}
         print(json.dumps({"round": round_ + 1, **row}), flush=True)

@@ -60,9 +60,10 @@ DEFAULT_TIMING = TimingSettings()
 # One intra-op thread per session: the thread count whose ratios stay steady on a shared machine. On a 2-core VM
 # the second core is now and then taken for tens of seconds, and a multi-threaded run of a graph of many small
 # ops (a planned model) then waits at every op's barrier while the original's few large ops barely notice: over
-# 3 minutes of alternating 0.1 s blocks (ResNet-20, an x3 plan, batch 32) the two-thread ratio swung between
-# 2.15x and 3.24x in 2-s windows while the one-thread ratio stayed within 3.05-3.23x (x2 plan: 1.98-2.47x
-# against 2.41-2.55x). Undisturbed, the two-thread ratio sits 1-5 % below the one-thread one.
+# 3 minutes of interleaved 0.1 s blocks (ResNet-20, an x3 plan, batch 32; benchmarks/bench_thread_modes.py) the
+# default threads' ratio read 1.75-3.02x in ~9 s windows, the one-thread ratio 2.56-3.31x with 17 of 21 windows
+# at 2.85-3.21x (x2 plan: 1.57-2.15x against 1.76-2.08x, 13 of 14 at 1.98-2.08x). Undisturbed, the default's
+# ratio sits 1-5 % below the one-thread one.
 STEADY_THREADS = 1
 
 
