@@ -1,7 +1,7 @@
 """How steady a compress output's speedup is at ORT's default threads and at one thread, timed side by side.
 
 Four sessions (original.onnx and model.onnx, each with ORT's default intra-op threads and with one) alternate in
-short blocks (A B C D, D C B A, ...) for ``--seconds``; every ``--window`` rounds the script prints each session's
+short blocks (A B C D, D C B A, ...: the library's timer, ``runtime.timing.time_sessions``) for ``--seconds``; every ``--window`` rounds the script prints each session's
 median run and the two speedups. A shared machine whose second core is taken for a while shows it as a window
 where the default threads' ratio drops and the one-thread ratio does not (README, "Planning on what it
 measures"; ``runtime.timing.STEADY_THREADS``).
@@ -15,42 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
-import numpy as np
+import torch
 
-from convslim.runtime.sessions import feeds, open_session
+from convslim.runtime.sessions import open_session
+from convslim.runtime.timing import Timing, TimingSettings, random_inputs, time_sessions
 
 CPU = ["CPUExecutionProvider"]
 
 
-def time_interleaved(sessions: dict, x: np.ndarray, seconds: float, block: float) -> list[dict[str, list]]:
-    """Rounds of one block per session (order reversed every other round): per round, each session's run times."""
-    fed = {name: feeds(s, [x]) for name, s in sessions.items()}
-    for name, session in sessions.items():
-        for _ in range(3):
-            session.run(None, fed[name])
-    names, rounds, end = list(sessions), [], time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        runs: dict[str, list] = {}
-        for name in names if len(rounds) % 2 == 0 else names[::-1]:
-            sessions[name].run(None, fed[name])  # untimed: it pays for the other session's cache traffic
-            runs[name], start = [], time.perf_counter()
-            while time.perf_counter() - start < block:
-                t0 = time.perf_counter()
-                sessions[name].run(None, fed[name])
-                runs[name].append(time.perf_counter() - t0)
-        rounds.append(runs)
-    return rounds
-
-
-def windows(rounds: list[dict[str, list]], size: int) -> list[dict]:
-    """Per window of ``size`` rounds: each session's median ms and the speedup at each thread count."""
+def windows(timings: dict[str, Timing], size: int) -> list[dict]:
+    """Per window of ``size`` rounds (one block per session each): each session's median ms and the speedup at
+    each thread count."""
+    rounds = min(len(t.blocks) for t in timings.values())
     out = []
-    for start in range(0, len(rounds), size):
-        chunk = rounds[start : start + size]
-        ms = {n: 1e3 * statistics.median(t for r in chunk for t in r[n]) for n in chunk[0]}
+    for start in range(0, rounds, size):
+        ms = {
+            name: 1e3 * statistics.median(x for block in t.blocks[start : start + size] for x in block)
+            for name, t in timings.items()
+        }
         speedup = {th: ms[f"original {th}"] / ms[f"model {th}"] for th in ("default", "1 thread")}
         out.append({"ms": {n: round(v, 3) for n, v in ms.items()}, "speedup": speedup})
     return out
@@ -70,9 +54,9 @@ def main() -> None:
         for name in ("original", "model")
         for label, threads in (("default", None), ("1 thread", 1))
     }
-    shape = (args.batch, *(int(v) for v in args.input_shape.split(",")))
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    found = windows(time_interleaved(sessions, x, args.seconds, args.block), args.window)
+    example = (torch.zeros(1, *(int(v) for v in args.input_shape.split(","))),)
+    settings = TimingSettings(seconds=args.seconds, block_seconds=args.block)
+    found = windows(time_sessions(sessions, random_inputs(example, args.batch), settings), args.window)
     for row in found:
         print(json.dumps({**row, "speedup": {k: round(v, 3) for k, v in row["speedup"].items()}}))
     for label in ("default", "1 thread"):

@@ -178,9 +178,9 @@ class VerifySection:
 @dataclass(frozen=True)
 class DeploySection(_ReadsLikeADict):
     """The models as deployed for the runtime target: files and hashes, int8 details, accuracy, every model timed
-    together per batch (``speed``) and the fp32 pair again on one ORT thread (``speed_one_thread``), which compressed
-    file to ship; ``other_providers``: the fp32 pair timed on
-    CUDA / TensorRT (or why not). Reads like the report's ``deploy`` dict."""
+    together per batch (``speed``) and the fp32 pair again on one ORT thread (``speed_one_thread``), which
+    compressed file to ship; ``other_providers``: the fp32 pair timed on CUDA / TensorRT (or why not). Reads like
+    the report's ``deploy`` dict."""
 
     runtime: str
     precision: str

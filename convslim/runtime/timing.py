@@ -61,9 +61,9 @@ DEFAULT_TIMING = TimingSettings()
 # the second core is now and then taken for tens of seconds, and a multi-threaded run of a graph of many small
 # ops (a planned model) then waits at every op's barrier while the original's few large ops barely notice: over
 # 3 minutes of interleaved 0.1 s blocks (ResNet-20, an x3 plan, batch 32; benchmarks/bench_thread_modes.py) the
-# default threads' ratio read 1.75-3.02x in ~9 s windows, the one-thread ratio 2.56-3.31x with 17 of 21 windows
-# at 2.85-3.21x (x2 plan: 1.57-2.15x against 1.76-2.08x, 13 of 14 at 1.98-2.08x). Undisturbed, the default's
-# ratio sits 1-5 % below the one-thread one.
+# default threads' ratio read 2.19-3.06x in ~9 s windows, the one-thread ratio 2.68-3.15x with 20 of 21 windows
+# at 3.01-3.15x (x2 plan: 1.60-2.03x against 1.93-2.11x). Undisturbed, the default's ratio sits 1-5 % below the
+# one-thread one.
 STEADY_THREADS = 1
 
 
