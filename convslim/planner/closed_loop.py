@@ -46,8 +46,9 @@ from torch import nn
 from convslim.core import Plan
 from convslim.passes.apply_plan import apply_plan
 from convslim.runtime.export import ExportSettings, export_bytes
+from convslim.runtime.measure import measure_models
 from convslim.runtime.targets import available_target, get_target
-from convslim.runtime.timing import DEFAULT_TIMING, STEADY_THREADS, compare, random_inputs, time_sessions
+from convslim.runtime.timing import DEFAULT_TIMING, STEADY_THREADS, compare
 
 MAX_ROUNDS = 8
 AIM = 1.03
@@ -95,14 +96,11 @@ def measure_plan_speedup(
     planned = planned_model or deployed_bytes(
         apply_plan(module, plan), example_inputs, target, timing.calibration, timing.opset
     )
-    sessions = {
-        "original": target.session(original_model, timing.threads),
-        "candidate": target.session(planned, timing.threads),
-    }
+    pair = {"original": original_model, "candidate": planned}
     # the final report's timing (no cap on runs): a cap cut the faster model's later blocks to one run each,
     # so its median came from the first rounds alone and the rounds read 5-15 % above the final measurement
-    settings = replace(DEFAULT_TIMING, seconds=timing.seconds)
-    timed = time_sessions(sessions, random_inputs(example_inputs, timing.batch), settings)
+    settings = replace(DEFAULT_TIMING, seconds=timing.seconds, threads=timing.threads)
+    timed = measure_models(pair, example_inputs, [timing.batch], target, settings)[str(timing.batch)]
     return compare(timed["original"], timed["candidate"]), original_model, planned
 
 
