@@ -29,6 +29,7 @@ from torch import nn
 
 from convslim import parallel
 from convslim.core import Plan, Prepared
+from convslim.core.heap import retained_heap
 from convslim.finetune.affine import unwrap_all, wrap_all
 from convslim.finetune.batches import layout, training_batches
 from convslim.finetune.distill import feature_phase, kd_phase
@@ -73,6 +74,13 @@ class Stage2Result:
 
 
 def run(prepared: Prepared, compressed: nn.Module, plan: Plan, train, val, s: FinetuneSettings):
+    with retained_heap(s.retain_heap) as heap:
+        model, report = _run(prepared, compressed, plan, train, val, s)
+    report["heap"] = heap
+    return model, report
+
+
+def _run(prepared: Prepared, compressed: nn.Module, plan: Plan, train, val, s: FinetuneSettings):
     start = time.perf_counter()
     torch.manual_seed(s.seed + parallel.rank())
     gen = torch.Generator().manual_seed(s.seed)  # the same on every rank: one global batch order
