@@ -98,15 +98,13 @@ def run_one(
 def run_profile(args, settings: dict) -> None:
     """``--profile``: where one stage-2 step's time goes on the plan, against plain training (see
     ``finetune_profile``)."""
-    from finetune_profile import heap_ab, profile, variants
+    from finetune_profile import profile, variants
 
     xt, yt = cifar_arrays("train10k")
     xv, yv = cifar_arrays("val5k")
     plan = Plan.from_json(Path(args.plan).read_text(), args.plan)
     s = FinetuneSettings(**{k: v for k, v in settings.items() if k != "measure_speed"})
-    if args.heap:
-        result = heap_ab(cifar_model(args.model), plan, ArrayData(xt, yt), s, args.rounds)
-    elif args.variants:
+    if args.variants:
         result = variants(cifar_model(args.model), plan, ArrayData(xt, yt), s)
     else:
         result = profile(cifar_model(args.model), plan, ArrayData(xt, yt), ArrayData(xv, yv), s, args.rounds)
@@ -144,17 +142,12 @@ def main() -> None:
         action="store_true",
         help="profile the student's step eager, under torch.compile and with 1x1 convs as matmuls",
     )
-    parser.add_argument(
-        "--heap",
-        action="store_true",
-        help="time the student's and the original's step with glibc malloc's thresholds raised and not",
-    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = dict(typed_setting(text, FinetuneSettings()) for text in args.set)
-    if args.profile or args.variants or args.heap:
+    if args.profile or args.variants:
         if not args.plan:
-            parser.error("--profile, --variants and --heap need --plan")
+            parser.error("--profile and --variants need --plan")
         return run_profile(args, settings)
     if args.no_speed:
         settings["measure_speed"] = False

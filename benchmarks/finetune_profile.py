@@ -19,7 +19,6 @@ fastest at no cost in accuracy (today eager: README "Where the minutes go").
 from __future__ import annotations
 
 import copy
-import resource
 import statistics
 import time
 
@@ -214,49 +213,3 @@ def variants(model, plan, train, s: FinetuneSettings, rounds: int = 8, steps: in
         ms["plain training of the original"].append(plain_s / steps * 1e3)
     result["ms_per_step"] = {k: round(statistics.median(v), 1) for k, v in ms.items()}
     return result
-
-
-def heap_ab(model, plan, train, s: FinetuneSettings, rounds: int = 6, steps: int = 4) -> dict:
-    """The student's training step (teacher outputs precomputed) and the original's, with glibc malloc's
-    thresholds raised (``core.heap.retained_heap``, as the fine-tune runs) and as glibc leaves them, in
-    alternating blocks: median milliseconds and minor page faults per step."""
-    teacher, student, _ = _models(model, plan, train, s)
-    batches = training_batches(train, s, torch.Generator().manual_seed(0), "cpu")
-    data = [next(batches) for _ in range(steps)]
-    with torch.no_grad():
-        targets = [teacher(b.x) for b in data]
-    original = copy.deepcopy(model).to(memory_format=torch.channels_last).train()
-    opts = {"student": make_optimizer([p for p in student.parameters() if p.requires_grad], s)}
-    opts["original"] = make_optimizer(list(original.parameters()), s)
-
-    def step(key: str, i: int) -> None:
-        net = student if key == "student" else original
-        out = net(data[i].x)
-        opts[key].zero_grad(set_to_none=True)
-        if key == "student":
-            kd_loss(out, targets[i], data[i].y, s.temperature, s.ce_weight, s.distill_loss).backward()
-        else:
-            F.cross_entropy(out, data[i].y).backward()
-        opts[key].step()
-
-    student.train()
-    samples: dict[str, list[tuple[float, float]]] = {}
-    for _ in range(rounds):
-        for retained in (True, False):
-            with retained_heap(retained) as heap:
-                for key in opts:
-                    step(key, 0)  # the heap settles under the new thresholds
-                    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                    start = time.perf_counter()
-                    for i in range(steps):
-                        step(key, i)
-                    ms = (time.perf_counter() - start) / steps * 1e3
-                    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
-                    samples.setdefault(f"{key}, heap {heap.split(' (')[0]}", []).append((ms, faults))
-    return {
-        key: {
-            "ms_per_step": round(statistics.median(ms for ms, _ in v), 1),
-            "page_faults_per_step": round(statistics.median(f for _, f in v)),
-        }
-        for key, v in samples.items()
-    }

@@ -3,10 +3,11 @@
 Why. glibc's malloc hands a freed block back to the kernel when it was mmapped (blocks over
 ``M_MMAP_THRESHOLD``) or when the free space at the heap's top exceeds ``M_TRIM_THRESHOLD``; the next step's
 tensor of the same size then faults in fresh, zeroed pages. A rewritten student's training step allocates
-dozens of 0.1-8 MB activations and gradients (two small convs per rank of each dwsep layer), and on ResNet-20's
-×2 plan (batch 128) it took 16,700-19,300 minor page faults per step against 0-90 for the original model's own
-step: with the thresholds raised, 770-1,550, and the step 0.80-0.88× the time (``bench_finetune.py --heap``).
-The fix every CPU-training guide gives is another allocator (jemalloc, tcmalloc) preloaded; this one needs
+dozens of 0.1-8 MB activations and gradients (two small convs per rank of each dwsep layer): on ResNet-20's ×2
+plan (batch 128, a fresh process, glibc's defaults) it took 3,500-10,700 minor page faults per step, the
+original model's own step 0-2,700; with the thresholds raised, 0-220 (``benchmarks/bench_heap.py``). Stage 2
+then ran 0.92-0.99× plain training's images per second instead of 0.76-0.77× (``bench_finetune.py --profile``,
+README). The fix CPU-training guides give is another allocator (jemalloc, tcmalloc) preloaded; this one needs
 nothing installed.
 
 What. ``retained_heap()`` sets, for its scope,
