@@ -17,7 +17,6 @@ Run from the repository root, with nothing else running:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import statistics
@@ -27,11 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from common import cifar_arrays, cifar_model, machine_record
-from finetune_profile import _models
+from finetune_profile import step_inputs
 
 from convslim.core import Plan
 from convslim.core.heap import retained_heap
-from convslim.finetune.batches import training_batches
 from convslim.finetune.loop import make_optimizer
 from convslim.finetune.losses import kd_loss
 from convslim.finetune.settings import FinetuneSettings
@@ -63,12 +61,7 @@ def _timed(blocks: dict, rounds: int) -> dict:
 def training_steps(model, plan: Plan, train, rounds: int, steps: int = 4) -> dict:
     """Milliseconds and page faults per training step of the student and of the original."""
     s = FinetuneSettings()
-    teacher, student, _ = _models(model, plan, train, s)
-    batches = training_batches(train, s, torch.Generator().manual_seed(0), "cpu")
-    data = [next(batches) for _ in range(steps)]
-    with torch.no_grad():
-        targets = [teacher(b.x) for b in data]
-    original = copy.deepcopy(model).to(memory_format=torch.channels_last).train()
+    student, original, data, targets = step_inputs(model, plan, train, s, steps)
     nets = {"student": student.train(), "original": original}
     opts = {k: make_optimizer([p for p in m.parameters() if p.requires_grad], s) for k, m in nets.items()}
 

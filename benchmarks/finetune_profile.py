@@ -58,6 +58,18 @@ def _models(model, plan, train, s: FinetuneSettings):
     return StageTeacher(teacher, autocast_dtype(s.teacher_precision, torch.device("cpu"))), student, names
 
 
+def step_inputs(model, plan, train, s: FinetuneSettings, steps: int) -> tuple:
+    """(student, original in training mode, ``steps`` batches, the teacher's outputs on them): what a timed
+    training step of either model needs, the teacher's outputs precomputed as phase B replays them."""
+    teacher, student, _ = _models(model, plan, train, s)
+    batches = training_batches(train, s, torch.Generator().manual_seed(0), "cpu")
+    data = [next(batches) for _ in range(steps)]
+    with torch.no_grad():
+        targets = [teacher(b.x) for b in data]
+    original = copy.deepcopy(model).to(memory_format=torch.channels_last).train()
+    return student, original, data, targets
+
+
 def _parts(teacher, student, batches, s: FinetuneSettings, steps: int) -> dict:
     """Median milliseconds of each part of an end-to-end step with the teacher run live."""
     optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], s)
@@ -174,12 +186,7 @@ def variants(model, plan, train, s: FinetuneSettings, rounds: int = 8, steps: in
     library runs it (eager), under ``torch.compile`` (inductor), with its 1x1 convs run as matmuls and with its
     training BatchNorms folded, against plain training of the original: medians of alternating blocks of
     ``steps`` steps, milliseconds per step."""
-    teacher, student, _ = _models(model, plan, train, s)
-    batches = training_batches(train, s, torch.Generator().manual_seed(0), "cpu")
-    data = [next(batches) for _ in range(steps)]
-    with torch.no_grad():
-        targets = [teacher(b.x) for b in data]
-    original = copy.deepcopy(model).to(memory_format=torch.channels_last).train()
+    student, original, data, targets = step_inputs(model, plan, train, s, steps)
     nets = {
         "eager": student,
         "torch.compile": torch.compile(student),
