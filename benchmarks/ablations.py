@@ -13,16 +13,23 @@ Variants:
                    back: t ← (t(x) + flip(t(flip(x)))) / 2, the flip TTA the logged logits get (no extra forward)
   native-coarse    synthesis's coarse steps feed the model the half-resolution image itself (DeepInversion's
                    multi-resolution) instead of its bilinear upsampling; then x ← U(x) is refined at full size
+  precise-bn       the training BatchNorms' running statistics re-estimated (cumulative averages) on the training
+                   pool itself, unmixed and unaugmented, just before they are folded; the val5k top-1 of the
+                   weights folded as trained (statistics of the training views) is printed first
+  mirror-calib     stage 1's calibration batches followed each by its mirror image (twice the images to fit)
 
     python benchmarks/ablations.py relu-mid -- --plan benchmarks/plans/resnet20_x2.json --steps 2353 --threads 1 --no-speed
     python benchmarks/ablations.py phase-lr --phase-b-lr 1.5e-3 -- --plan benchmarks/plans/resnet20_x2.json --steps 2353
     python benchmarks/ablations.py native-coarse -- --plan benchmarks/plans/resnet20_x2.json --rows full \\
         --sources synthetic --gen-step-ratio 0.6 --count 1408 --steps 2337 --threads 1
+    python benchmarks/ablations.py precise-bn -- --plan benchmarks/plans/resnet20_x2.json --rows full \\
+        --sources synthetic --count 1024 --threads 1 --cache /tmp/df
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from dataclasses import replace
 
@@ -155,11 +162,56 @@ def native_coarse(args) -> None:
     synthetic._leaf = leaf_at_switch
 
 
+def precise_bn(args) -> None:
+    from common import cifar_arrays, top1
+
+    pool, batches, unwrap = {}, recipe.training_batches, recipe.unwrap_all
+
+    def training_batches(train, *rest):
+        pool["x"] = train.x  # the pool stage 2 trains on, before augmentation and mixup
+        return batches(train, *rest)
+
+    @torch.no_grad()
+    def unwrap_all(model, names):
+        if names and "x" in pool:
+            as_trained = copy.deepcopy(model)
+            unwrap(as_trained, names)
+            print(f"[precise-bn] as trained: val5k top-1 {top1(as_trained, *cifar_arrays('val5k')):.4f}")
+            _reestimate(model, [model.get_submodule(n).bn for n in names], pool["x"])
+        return unwrap(model, names)
+
+    recipe.training_batches, recipe.unwrap_all = training_batches, unwrap_all
+
+
+def _reestimate(model, norms, x: torch.Tensor, batch: int = 128) -> None:
+    """Each BatchNorm's running statistics as the cumulative average over ``x``'s batches (momentum None)."""
+    was_training, device = model.training, next(model.parameters()).device
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    for i in range(0, len(x), batch):
+        model(x[i : i + batch].to(device).contiguous(memory_format=torch.channels_last))
+    model.train(was_training)
+    print(f"[precise-bn] {len(norms)} BatchNorms re-estimated on {len(x)} images", flush=True)
+
+
+def mirror_calib(args) -> None:
+    take = recipe.take
+
+    def with_mirrors(*a, **k):
+        return [pair for x, y in take(*a, **k) for pair in ((x, y), (x.flip(3), y))]
+
+    recipe.take = with_mirrors
+
+
 VARIANTS = {
     "relu-mid": (relu_mid, "bench_finetune"),
     "phase-lr": (phase_lr, "bench_finetune"),
     "mirror-features": (mirror_features, "bench_finetune"),
     "native-coarse": (native_coarse, "bench_datafree"),
+    "precise-bn": (precise_bn, "bench_datafree"),
+    "mirror-calib": (mirror_calib, "bench_datafree"),
 }
 
 

@@ -217,7 +217,9 @@ def main() -> None:
     data["settings"] = dict(typed_setting(text, FinetuneSettings()) for text in args.set)
     sources = args.sources.split(",")
     if any("synthetic" in s for s in sources):
-        ratio = args.gen_step_ratio or round(step_cost_ratio(model, the_plan), 3)
+        ratio = args.gen_step_ratio
+        if ratio is None:  # 0 charges nothing for the images
+            ratio = round(step_cost_ratio(model, the_plan), 3)
         fields = dict(typed_setting(text, SynthesisSettings()) for text in args.synthesis)
         made_with = SynthesisSettings(**fields)
         count = args.count or capped_count(args.steps, ratio, made_with)
