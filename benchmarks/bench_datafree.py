@@ -181,7 +181,9 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=2200, help="stage-2 steps standing for the 10 minutes")
     parser.add_argument(
-        "--gen-step-ratio", type=float, help="generation step / training step (default: measured)"
+        "--gen-step-ratio",
+        type=float,
+        help="generation step / training step (default: measured; 0: the images cost nothing, give --count)",
     )
     parser.add_argument("--count", type=int, help="synthetic images (default: what the time share makes)")
     parser.add_argument(
@@ -218,8 +220,10 @@ def main() -> None:
     sources = args.sources.split(",")
     if any("synthetic" in s for s in sources):
         ratio = args.gen_step_ratio
-        if ratio is None:  # 0 charges nothing for the images
+        if ratio is None:
             ratio = round(step_cost_ratio(model, the_plan), 3)
+        if ratio <= 0 and not args.count:
+            parser.error("--gen-step-ratio 0 charges nothing, so it cannot size the images: give --count")
         fields = dict(typed_setting(text, SynthesisSettings()) for text in args.synthesis)
         made_with = SynthesisSettings(**fields)
         count = args.count or capped_count(args.steps, ratio, made_with)
