@@ -40,6 +40,7 @@ import convslim.finetune.distill as distill
 import convslim.finetune.recipe as recipe
 import convslim.inputs.synthetic as synthetic
 from convslim.convert.dwsep import DepthwiseSeparableConv
+from convslim.finetune.reconstruct import recalibrate_batchnorm
 
 CALIBRATION_BATCHES = 4  # relu-mid: the batches whose minimum sets each depthwise output's shift
 
@@ -177,23 +178,16 @@ def precise_bn(args) -> None:
             as_trained = copy.deepcopy(model)
             unwrap(as_trained, names)
             print(f"[precise-bn] as trained: val5k top-1 {top1(as_trained, *cifar_arrays('val5k')):.4f}")
-            _reestimate(model, [model.get_submodule(n).bn for n in names], pool["x"])
+            x, device = pool["x"], next(model.parameters()).device
+            batches = [
+                (x[i : i + 128].contiguous(memory_format=torch.channels_last), None)
+                for i in range(0, len(x), 128)
+            ]
+            count = recalibrate_batchnorm(model, batches, device)
+            print(f"[precise-bn] {count} BatchNorms re-estimated on {len(x)} images", flush=True)
         return unwrap(model, names)
 
     recipe.training_batches, recipe.unwrap_all = training_batches, unwrap_all
-
-
-def _reestimate(model, norms, x: torch.Tensor, batch: int = 128) -> None:
-    """Each BatchNorm's running statistics as the cumulative average over ``x``'s batches (momentum None)."""
-    was_training, device = model.training, next(model.parameters()).device
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    for i in range(0, len(x), batch):
-        model(x[i : i + batch].to(device).contiguous(memory_format=torch.channels_last))
-    model.train(was_training)
-    print(f"[precise-bn] {len(norms)} BatchNorms re-estimated on {len(x)} images", flush=True)
 
 
 def mirror_calib(args) -> None:
