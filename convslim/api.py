@@ -116,7 +116,7 @@ def compress(
 
     ``options`` (gathered into ``convslim.options.CompressOptions``) go to the form (``rank``, ``energy``, ...),
     except these. The option groups, as objects or their fields as plain keywords: ``budget``
-    (``target_speedup``, ``target_macs``, ``max_error``, ``plan_batch``), ``checks`` (``verify``,
+    (``target_speedup``, ``target_macs``, ``max_error``, ``plan_batch``, ``plan_threads``), ``checks`` (``verify``,
     ``measure_speed``, ``batch_sizes``, ``tolerance``), ``output`` (``out_dir``, ``overwrite``, ``files``: more
     files to write there, name → ``write(path)``). ``calibration`` is a batch of real inputs used in the parity
     checks (and the planner's damage probes). ``finetune(prepared, compressed, plan) -> (model, report_dict)`` is
@@ -184,6 +184,7 @@ def _compress_settings(to: str, opts: CompressOptions) -> dict:
     settings = {"to": to, "tolerance": checks.tolerance, "batch_sizes": list(checks.batch_sizes)}
     settings.update(exclude=list(opts.exclude), measure_speed=checks.measure_speed, verify=checks.verify)
     settings.update(plan_batch=opts.budget.plan_batch, finetune=opts.finetune is not None)
+    settings["plan_threads"] = opts.budget.plan_threads
     settings["calibration_samples"] = None if opts.calibration is None else len(opts.calibration)
     settings.update({k: v for k, v in opts.budget.limits().items() if v is not None})
     return settings
@@ -214,6 +215,7 @@ def _plan_for(prepared: Prepared, to: str, opts: CompressOptions, deployment: tu
         calibration=opts.calibration,
         exclude=opts.exclude,
         batch=len(prepared.example_inputs[0]) if static else opts.budget.plan_batch,
+        threads=opts.budget.plan_threads,
         progress=opts.progress,
         target=deploy.target(),
         opset=deploy.export.opset,

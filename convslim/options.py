@@ -27,12 +27,14 @@ def wants_budgeted(to: str, budget: dict) -> bool:
 
 @dataclass(frozen=True)
 class Budget:
-    """One budget for the budgeted planner (or none: the uniform plan), measured at batch ``plan_batch``."""
+    """One budget for the budgeted planner (or none: the uniform plan), measured at batch ``plan_batch`` with
+    ``plan_threads`` ORT intra-op threads per session (None: ORT's default, as the deployment runs)."""
 
     target_speedup: float | None = None
     target_macs: float | None = None
     max_error: float | None = None
     plan_batch: int = 32
+    plan_threads: int | None = None
 
     def limits(self) -> dict[str, float | None]:
         return {
@@ -101,7 +103,7 @@ class CompressOptions:
         when ``planned``: a plan fixes them), the budget, the checks' numbers. Layers named in ``exclude`` are
         checked once the model is traced (``planner.uniform.check_exclude``)."""
         from convslim.convert import get_form
-        from convslim.planner import check_budget, parse_forms
+        from convslim.planner import check_budget, check_plan_threads, parse_forms
 
         checks, limits = self.checks, self.budget.limits()
         if not (isinstance(checks.tolerance, (int, float)) and 0 <= checks.tolerance < math.inf):
@@ -112,6 +114,7 @@ class CompressOptions:
             )
         if isinstance(self.budget.plan_batch, bool) or not self.budget.plan_batch >= 1:
             raise UsageError(f"--plan-batch {self.budget.plan_batch}: must be a positive batch size")
+        check_plan_threads(self.budget.plan_threads)
         if planned:
             return
         if wants_budgeted(to, limits):

@@ -72,6 +72,8 @@ CASES = [
     ("--val-split 1", "compress SMALL --data {train} --val-split 1 OUT", 2, "--val-split 1.0: must be a fraction"),
     ("--val-split and --val-data", "compress SMALL --data {train} --val-data {train} --val-split 0.2 OUT", 2, "drop one"),
     ("--plan-batch 0", "plan SMALL --to auto --target-speedup 2 --plan-batch 0 --out {plan_out}", 2, "positive"),
+    ("--plan-threads 0", "plan SMALL --to auto --target-speedup 2 --plan-threads 0 --out {plan_out}", 2, "positive thread count or 'default'"),
+    ("--plan-threads two", "compress SMALL --to auto --target-speedup 2 --plan-threads two OUT", 2, "--plan-threads two: give a positive"),
     ("sweep target 0.5", "sweep SMALL --targets 2,0.5 --data {train} OUT", 2, "0.5 is not a speedup above 1"),
     ("sweep target nan", "sweep SMALL --targets 2,nan --data {train} OUT", 2, "nan is not a speedup above 1"),
     ("missing --val-data", "compress SMALL --data {train} --val-data {missing} OUT", 2, "--val-data {missing}: no"),

@@ -156,12 +156,15 @@ def test_budget_flags_through_the_cli(tmp_path, monkeypatch, capsys, budget):
         *budget,
         "--plan-batch",
         "2",
+        "--plan-threads",
+        "1",
         "--quiet",
         "--out",
         str(out),
     ]
     assert main(argv) == 0
     planning = json.loads(out.read_text())["planning"]
+    assert planning["round_threads"] == 1
     key = budget[0][2:].replace("-", "_")
     assert planning["budget"] == {key: float(budget[1])}
     if key == "max_error":

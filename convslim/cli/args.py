@@ -363,6 +363,12 @@ def add_budget_args(p: argparse.ArgumentParser, limits: bool = True) -> None:
         help=f"batch size the plan is measured at (default {PLAN_BATCH}; with --static-shape, the batch of "
         "--input-shape: the only one such a model runs at)",
     )
+    g.add_argument(
+        "--plan-threads",
+        help="ORT intra-op threads per session in the planner's whole-model rounds: a number, or 'default' "
+        "(ORT's own, one per core: as a deployed session runs; 1 reads steadier on a machine shared with "
+        "other work)",
+    )
     if not limits:
         return
     g.add_argument(
@@ -373,6 +379,18 @@ def add_budget_args(p: argparse.ArgumentParser, limits: bool = True) -> None:
 
 
 PLAN_BATCH = 32
+
+
+def plan_threads(args: argparse.Namespace) -> int | None:
+    """--plan-threads: None (ORT's default) when not given or 'default', else a positive integer (checked here,
+    not by argparse's ``type``, so that a bad value gets one line rather than the usage block)."""
+    text = getattr(args, "plan_threads", None)
+    if text is None or text == "default":
+        return None
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise UsageError(f"--plan-threads {text}: give a positive thread count or 'default'")
+    return value
 
 
 def plan_batch(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from convslim.cli.args import budget_options, form_options, recipe_settings, runtime_name
+from convslim.cli.args import budget_options, form_options, plan_threads, recipe_settings, runtime_name
 from convslim.errors import UsageError
 
 
@@ -54,6 +54,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
         )
     if getattr(args, "plan_batch", None) is not None and args.plan_batch < 1:
         raise UsageError(f"--plan-batch {args.plan_batch}: must be a positive batch size")
+    plan_threads(args)
     if hasattr(args, "finetune_steps"):
         steps = {"steps": args.finetune_steps, "minutes": args.finetune_minutes}
         FinetuneSettings(**recipe_settings(args), **steps).check()

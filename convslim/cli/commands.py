@@ -38,6 +38,7 @@ from convslim.cli.args import (
     no_ignored_form_options,
     parse_batch_sizes,
     plan_batch,
+    plan_threads,
     registry_options,
     runtime_name,
 )
@@ -124,6 +125,7 @@ def _compress(args: argparse.Namespace) -> int:
         calibration=calibration,
         finetune=hook,
         plan_batch=plan_batch(args),
+        plan_threads=plan_threads(args),
         deploy=deploy,
         record=_run_record(args),
         **budget_options(args),
@@ -255,6 +257,7 @@ def _plan(args: argparse.Namespace) -> int:
             to=args.to,
             exclude=args.exclude,
             batch=plan_batch(args),
+            threads=plan_threads(args),
             progress=not args.quiet,
             target=runtime_name(args),
             **budget,
@@ -342,6 +345,7 @@ def _sweep(args: argparse.Namespace) -> int:
     hook, calibration = finetune_inputs(args, model, inputs, sets)
     options = {"finetune": hook, "calibration": calibration, "deploy": deploy_settings(args, sets)}
     options.update(exclude=args.exclude, progress=not args.quiet, record=_run_record(args))
+    options["plan_threads"] = plan_threads(args)
     options.update(measure_speed=not args.no_speed, batch_sizes=batch_sizes, tolerance=args.tolerance)
     settings = SweepSettings(targets, args.out, args.overwrite, plan_batch(args), options, quiet=args.quiet)
     try:

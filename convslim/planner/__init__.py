@@ -15,13 +15,14 @@ Example:
 from convslim.planner.budgeted import plan_to_budget
 from convslim.planner.candidates import parse_forms
 from convslim.planner.latency import LatencyCache
-from convslim.planner.request import PlanRequest, check_budget
+from convslim.planner.request import PlanRequest, check_budget, check_plan_threads
 from convslim.planner.uniform import decide, make_plan, site_skip_reason
 
 __all__ = [
     "LatencyCache",
     "PlanRequest",
     "check_budget",
+    "check_plan_threads",
     "decide",
     "make_plan",
     "parse_forms",

@@ -47,7 +47,7 @@ def plan_to_budget(prepared: Prepared, to: str | Sequence[str] = "auto", **optio
     """Measure every candidate of every conv of ``prepared`` on ``target`` (``cpu-int8``: in int8) and choose per
     layer to meet the one budget given. ``options``: one of ``target_speedup``, ``target_macs``, ``max_error``,
     and the fields of ``PlanRequest`` (``batch``, ``target``, ``calibration``, ``exclude``, ``cache``,
-    ``seconds``, ``grid``, ``progress``, ``opset``).
+    ``seconds``, ``grid``, ``progress``, ``opset``, ``threads``).
 
     ``seconds`` is the time spent timing each candidate; each whole-model round of the closed loop (speed
     budgets) takes ``ROUND_SECONDS_FACTOR`` times as long, since it decides the final plan."""
@@ -179,6 +179,7 @@ def _planning(request: PlanRequest, original: _Original, outcome: _Outcome, scal
         "budget": {request.budget: request.value},
         "forms": request.forms,
         "batch": request.batch,
+        "round_threads": request.threads,  # ORT intra-op threads of the closed loop's rounds (None: default)
         "target": target.name,
         "precision": target.precision,
         "speedup_against": "original fp32",
@@ -213,7 +214,7 @@ class _Loop:
     def timing(self) -> WholeModelTiming:
         r = self.request
         return WholeModelTiming(
-            r.batch, r.target, r.seconds * ROUND_SECONDS_FACTOR, self.calibration, r.opset
+            r.batch, r.target, r.seconds * ROUND_SECONDS_FACTOR, self.calibration, r.opset, r.threads
         )
 
 

@@ -27,9 +27,13 @@ becomes the geometric mean of the two. Without it the search keeps the first rou
 3.19x while the final report measured the same graphs at 1.39x, 1.98x, 2.22x and 3.05x (the 2.60x plan: 2.32x
 in long alternating blocks).
 
-Threads. A round times both models with one intra-op thread each (``runtime.timing.STEADY_THREADS``), not ORT's
-default of one per core, whose ratio swings on a shared machine: a plan chosen on a slow spell's reading is a
-different, more damaging plan (2.3 pt of top-1 on ResNet-20 at x3). The report times the deployment both ways.
+Threads. A round times both models with the intra-op threads the deployment will use (``--plan-threads``;
+default ORT's own, one per core), because a planned model's many small ops scale worse over threads than the
+original's few large ones: on a 2-core Zen 3, two threads ran the originals 1.71-1.75x faster than one thread and
+the x2/x3 plans only 1.31-1.63x faster, so plans chosen on one-thread rounds measured 10-25 % slower at the
+default threads the report (and a user's session) uses. One thread (``--plan-threads 1``) reads steadier on a
+machine shared with other work; the confirmation above damps the default's swings. The report times the
+deployment both ways.
 
 Example:
     >>> best, rounds = search(select_at, measure, target=2.5, base_s=0.018)
@@ -48,7 +52,7 @@ from convslim.passes.apply_plan import apply_plan
 from convslim.runtime.export import ExportSettings, export_bytes
 from convslim.runtime.measure import measure_models
 from convslim.runtime.targets import available_target, get_target
-from convslim.runtime.timing import DEFAULT_TIMING, STEADY_THREADS, compare
+from convslim.runtime.timing import DEFAULT_TIMING, compare
 
 MAX_ROUNDS = 8
 AIM = 1.03
@@ -68,14 +72,14 @@ def deployed_bytes(module: nn.Module, example_inputs: tuple, target, calibration
 class WholeModelTiming:
     """How a whole planned model is timed: at ``batch`` on ``target`` for ``seconds`` (as the report's own
     measurement), deployed with ``calibration`` (int8), exported at ``opset``, with ``threads`` intra-op threads
-    per session (None: ORT's default)."""
+    per session (None: ORT's default, as a deployment's session runs)."""
 
     batch: int
     target: object = "cpu"
     seconds: float = 3.0
     calibration: object = None
     opset: int | None = None
-    threads: int | None = STEADY_THREADS
+    threads: int | None = None
 
 
 def measure_plan_speedup(

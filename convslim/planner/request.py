@@ -53,11 +53,18 @@ def check_budget(target_speedup=None, target_macs=None, max_error=None) -> str:
     return name
 
 
+def check_plan_threads(threads) -> None:
+    """``threads`` is None (ORT's default) or a positive thread count; else a ``UsageError`` that says so."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"--plan-threads {threads}: must be a positive thread count or 'default'")
+
+
 @dataclass(frozen=True)
 class PlanRequest:
     """One budget (``budget`` names it, ``value`` is its value), the forms allowed, and how to measure: at
     ``batch`` on ``target`` (``cpu-int8``: in int8), ``seconds`` per candidate, whole models exported at ``opset``
-    as the pipeline ships them."""
+    as the pipeline ships them and timed with ``threads`` ORT intra-op threads per session (None: ORT's default,
+    as the deployment runs them)."""
 
     forms: list[str]
     budget: str
@@ -71,6 +78,7 @@ class PlanRequest:
     grid: dict | None = None
     progress: bool = False
     opset: int | None = None
+    threads: int | None = None  # ORT intra-op threads of each whole-model round (None: ORT's default)
     original_onnx: bytes | None = None  # the original as the pipeline exported it (at ``opset``): not again
 
     @classmethod
@@ -91,6 +99,7 @@ class PlanRequest:
             )
         if options.get("batch", 32) < 1:
             raise UsageError(f"--plan-batch {options['batch']}: must be a positive batch size")
+        check_plan_threads(options.get("threads"))
         return cls(parse_forms(to), budget, limits[budget], target=target, **options)
 
     def layer_timing(self) -> LayerTiming:

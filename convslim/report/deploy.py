@@ -54,7 +54,9 @@ def one_thread_text(deploy: dict[str, Any]) -> str | None:
     if not steady:
         return None
     parts = ", ".join(f"batch {b}: {v['speedup']:.2f}x" for b, v in steady.items())
-    return f"one ORT thread per session (steady on a shared machine; the planner times this way): {parts}"
+    return (
+        f"one ORT thread per session (steady on a shared machine; --plan-threads 1 plans this way): {parts}"
+    )
 
 
 def fp32_pair(entry: dict) -> dict:

@@ -225,8 +225,8 @@ class Report:
         shown = "not measured" if measured is None else f"{measured:.2f}x"
         reached = "" if p.get("reached", True) else " (budget NOT reachable with these forms)"
         return (
-            f"plan ({budget}{reached}): predicted {p['predicted_speedup']:.2f}x at batch {p['batch']}, "
-            f"measured {shown}; predicted output error {p['predicted_error']:.3f}; planning "
+            f"plan ({budget}{reached}): predicted {p['predicted_speedup']:.2f}x at batch {p['batch']}"
+            f"{_threads_text(p)}, measured {shown}; predicted output error {p['predicted_error']:.3f}; planning "
             f"{p['planning_s']:.1f} s ({cache_summary(p)})"
         )
 
@@ -294,3 +294,11 @@ def from_dict(data: dict[str, Any]) -> Report:
 def _plain(value: Any) -> Any:
     """JSON for what ``json`` does not know: read-only mappings as dicts, anything else as its text."""
     return dict(value) if isinstance(value, MappingProxyType) else str(value)
+
+
+def _threads_text(planning: dict) -> str:
+    """How the closed loop's rounds were threaded, for the plan's line ("" for plans without rounds)."""
+    if "round_threads" not in planning or not planning.get("rounds"):
+        return ""
+    threads = planning["round_threads"]
+    return " (ORT default threads)" if threads is None else f" ({threads} ORT thread{'s' * (threads > 1)})"

@@ -165,7 +165,7 @@ def speed_table(
 
 def one_thread_speed(models: dict[str, Path], example_inputs: tuple, batch_sizes, settings: DeploySettings):
     """Per batch size: the fp32 pair timed again with one ORT thread per session (``timing.STEADY_THREADS``), the
-    speedup the planner's rounds read; beside the default threads' it tells a plan's speed from a busy
+    speedup ``--plan-threads 1`` rounds read; beside the default threads' it tells a plan's speed from a busy
     neighbour's."""
     pair = {name: models[name] for name in ("original_fp32", "compressed_fp32")}
     timing = replace(settings.timing, threads=STEADY_THREADS)

@@ -12,12 +12,13 @@ from hypothesis import strategies as st
 
 from convslim.api import prepare
 from convslim.core import Plan
+from convslim.errors import UsageError
 from convslim.models import resnet20
-from convslim.planner import plan_to_budget
+from convslim.options import CompressOptions
+from convslim.planner import PlanRequest, plan_to_budget
 from convslim.planner.closed_loop import (
     MAX_ROUNDS,
     OVERSHOOT,
-    STEADY_THREADS,
     SearchOptions,
     WholeModelTiming,
     measure_plan_speedup,
@@ -126,12 +127,13 @@ def test_speed_budget_reports_whole_model_measurements(tmp_path, monkeypatch):
 
     def spy(module, plan, example_inputs, timing, **kwargs):
         seen.append(timing.seconds)
-        assert timing.threads == STEADY_THREADS  # the planner's rounds keep the steady thread count
+        assert timing.threads == 1  # the rounds run with the threads asked (``--plan-threads``)
         return real(module, plan, example_inputs, timing, **kwargs)
 
     monkeypatch.setattr(budgeted, "measure_plan_speedup", spy)
     prepared = prepare(resnet20().eval(), torch.randn(1, 3, 32, 32))
-    plan = plan_to_budget(prepared, "dwsep", target_speedup=1.5, batch=4, seconds=0.02)
+    plan = plan_to_budget(prepared, "dwsep", target_speedup=1.5, batch=4, seconds=0.02, threads=1)
+    assert plan.planning["round_threads"] == 1
     # ``seconds`` reaches the whole-model rounds (scaled as at the default: 0.3 s per candidate, 3 s per round)
     assert seen and all(s == pytest.approx(0.02 * budgeted.ROUND_SECONDS_FACTOR) for s in seen)
     rounds = plan.planning["rounds"]
@@ -195,8 +197,8 @@ def test_fallback_is_measured_only_when_every_round_falls_short():
 
 
 def test_whole_model_rounds_open_their_sessions_with_the_threads_asked(monkeypatch):
-    """Both models of a round run with ``WholeModelTiming.threads`` intra-op threads, the planner's one thread by
-    default (ORT's default thread count reads bimodal on a shared VM: see closed_loop's docstring)."""
+    """Both models of a round run with ``WholeModelTiming.threads`` intra-op threads; by default ORT's own (the
+    session option stays 0), as a deployed session runs (see closed_loop's docstring)."""
     import convslim.runtime.targets.base as base
 
     opened: list[int] = []
@@ -211,9 +213,28 @@ def test_whole_model_rounds_open_their_sessions_with_the_threads_asked(monkeypat
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
     empty = Plan(form="budget", options={}, layers=[])
     example = (torch.randn(1, 3, 8, 8),)
-    for threads, expected in ((None, STEADY_THREADS), (2, 2)):
+    for threads, expected in ((None, 0), (1, 1), (2, 2)):
         timing = WholeModelTiming(batch=2, seconds=0.01)
         timing = timing if threads is None else replace(timing, threads=threads)
         opened.clear()
         measure_plan_speedup(module, empty, example, timing)
         assert opened == [expected, expected]
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
+def test_plan_threads_other_than_a_positive_count_or_none_are_refused(threads):
+    prepared = prepare(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)).eval(), torch.randn(1, 3, 8, 8))
+    with pytest.raises(UsageError, match="--plan-threads"):
+        PlanRequest.of(prepared, "dwsep", {"target_speedup": 2.0, "threads": threads})
+    with pytest.raises(UsageError, match="--plan-threads"):
+        CompressOptions.of({"plan_threads": threads, "target_speedup": 2.0}).check("auto")
+
+
+@pytest.mark.parametrize("threads", [None, 1, 3])
+def test_the_loop_times_its_rounds_with_the_requested_threads(threads):
+    """``PlanRequest.threads`` (``--plan-threads``; None: ORT's default) reaches every whole-model round."""
+    import convslim.planner.budgeted as budgeted
+
+    prepared = prepare(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)).eval(), torch.randn(1, 3, 8, 8))
+    request = PlanRequest.of(prepared, "dwsep", {"target_speedup": 2.0, "threads": threads})
+    assert budgeted._Loop(prepared, request, b"").timing().threads == threads
