@@ -271,6 +271,11 @@ def _choice_flags() -> tuple:
             "stage 2's teacher forwards; auto: bfloat16 autocast on a CPU with native bfloat16 arithmetic "
             "(avx512_bf16, amx_bf16), else float32",
         ),
+        (
+            "--student-precision",
+            TEACHER_PRECISIONS,
+            "stage 2's student forwards (losses and optimiser stay float32); auto: as --teacher-precision",
+        ),
     )
 
 
@@ -288,7 +293,7 @@ def files_to_save(args: argparse.Namespace, sets: dict) -> dict:
 
 RECIPE = ("batch_size", "lr", "weight_decay", "temperature", "ce_weight", "feature_weight")
 RECIPE += ("feature_fraction", "mixup", "cutout", "calibration_samples", "optimizer", "sync_batchnorm")
-RECIPE += ("distill_loss", "distill_lr_scale", "teacher_precision")
+RECIPE += ("distill_loss", "distill_lr_scale", "teacher_precision", "student_precision")
 
 
 def recipe_settings(args: argparse.Namespace) -> dict:

@@ -28,6 +28,7 @@ from convslim import parallel
 from convslim.finetune.batches import Batch
 from convslim.finetune.settings import FinetuneSettings
 from convslim.finetune.stopping import StopFlag, TrainBudget
+from convslim.finetune.teacher import autocast_dtype, full_outputs
 
 WARMUP = 0.15  # onecycle: share of the phase spent warming up
 
@@ -100,7 +101,8 @@ def train(phase: Phase, batches: Iterator[Batch], loss_of: LossOf, after_step=No
     tally = _Tally()
     show = phase.progress and parallel.is_main()
     bar = tqdm(desc=phase.desc, total=phase.budget.steps, disable=not show, leave=False)
-    with _data_parallel(phase) as forward:
+    with _data_parallel(phase) as parallel_forward:
+        forward = student_forward(parallel_forward, phase)
         while True:
             parallel.agree(phase.stop, phase.budget)  # all ranks stop together, on rank 0's clock
             if not phase.budget.left() or phase.stop.requested:
@@ -118,7 +120,7 @@ def train(phase: Phase, batches: Iterator[Batch], loss_of: LossOf, after_step=No
 def _step(phase: Phase, optimizer, forward, batch: Batch, loss_of: LossOf) -> float:
     phase.student.train()
     loss = loss_of(forward, batch)
-    if forward is not phase.student:  # every trainable parameter gets a gradient (DDP waits for each)
+    if parallel.active():  # every trainable parameter gets a gradient (DDP waits for each)
         loss = loss + 0.0 * sum(p.sum() for p in phase.params)
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(phase.settings, phase.budget.progress())
@@ -153,6 +155,21 @@ class BestKeeper:
         if self.best is None or score > self.best:
             self.best, self.best_state = score, copy.deepcopy(self.phase.student.state_dict())
         return {"val": f"{score:.4f}"}
+
+
+def student_forward(forward: Callable, phase: Phase) -> Callable:
+    """``forward`` run as ``settings.student_precision`` asks: as it is, or under bfloat16 autocast (where the
+    CPU computes it natively, for "auto") with float32 outputs, so that losses and optimiser stay in float32."""
+    device = next(phase.student.parameters()).device
+    dtype = autocast_dtype(phase.settings.student_precision, device)
+    if dtype is None:
+        return forward
+
+    def run(x: torch.Tensor):
+        with torch.autocast(device.type, dtype=dtype):
+            return full_outputs(forward(x))
+
+    return run
 
 
 @contextlib.contextmanager

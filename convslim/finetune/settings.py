@@ -50,6 +50,8 @@ class FinetuneSettings:
     teacher_mirror: bool = True
     # stage 2's teacher forwards: "auto" (bfloat16 where the CPU has it natively), "fp32" or "bf16" (``teacher``)
     teacher_precision: str = "auto"
+    # the student's stage-2 forwards (and so their backward): "fp32", "bf16", or "auto" as for the teacher
+    student_precision: str = "fp32"
     # stage 1; off when the weights were fine-tuned already (``FinetuneHook.resuming``)
     reconstruct: bool = True
     depthwise_rounds: int = 2  # stage 1: alternations of depthwise filters and heads (0: heads only)
@@ -84,6 +86,7 @@ class FinetuneSettings:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("distill_loss", self.distill_loss, DISTILL_LOSSES)
         _check_choice("teacher_precision", self.teacher_precision, TEACHER_PRECISIONS)
+        _check_choice("student_precision", self.student_precision, TEACHER_PRECISIONS)
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.sync_batchnorm not in SYNC_BATCHNORM:

@@ -35,7 +35,8 @@ _LOW = (torch.bfloat16, torch.float16)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The dtype the teacher's stage-2 forwards autocast to (None: the model's own), for ``teacher_precision``."""
+    """The dtype stage-2 forwards autocast to (None: the model's own), for ``teacher_precision`` or
+    ``student_precision``."""
     if precision == "bf16":
         return torch.bfloat16
     if precision == "auto" and device.type == "cpu" and cpu_flags() & NATIVE_BF16_FLAGS:
@@ -48,13 +49,14 @@ def full_precision(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in _LOW else t
 
 
-def _full_outputs(out):
+def full_outputs(out):
+    """``out`` (a tensor, or tuples, lists and dicts of them) with every 16-bit float tensor as float32."""
     if isinstance(out, torch.Tensor):
         return full_precision(out)
     if isinstance(out, (tuple, list)):
-        return type(out)(_full_outputs(o) for o in out)
+        return type(out)(full_outputs(o) for o in out)
     if isinstance(out, dict):
-        return {k: _full_outputs(v) for k, v in out.items()}
+        return {k: full_outputs(v) for k, v in out.items()}
     return out
 
 
@@ -67,10 +69,15 @@ class StageTeacher:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         autocast = torch.autocast(x.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
         with torch.no_grad(), autocast:
-            return _full_outputs(self.module(x))
+            return full_outputs(self.module(x))
 
     def get_submodule(self, name: str) -> nn.Module:
         return self.module.get_submodule(name)
 
     def describe(self) -> str:
-        return "bfloat16 autocast" if self.dtype == torch.bfloat16 else str(self.dtype or "float32")
+        return precision_name(self.dtype)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How a stage-2 forward computes, for the report: "bfloat16 autocast", or "float32" (the model's own)."""
+    return "bfloat16 autocast" if dtype == torch.bfloat16 else str(dtype or "float32")

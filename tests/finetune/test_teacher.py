@@ -8,6 +8,8 @@ import torch
 import convslim.finetune.teacher as teacher_module
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings, finetune
+from convslim.finetune.loop import Phase, student_forward
+from convslim.finetune.stopping import StopFlag, TrainBudget
 from convslim.finetune.teacher import StageTeacher, autocast_dtype, full_precision
 
 CPU = torch.device("cpu")
@@ -75,3 +77,35 @@ def test_cli_passes_the_teacher_precision_on():
     args = build_parser().parse_args(argv)
     assert FinetuneSettings(**recipe_settings(args)).teacher_precision == "fp32"
     assert FinetuneSettings().teacher_precision == "auto"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_student_forward_computes_as_asked_and_keeps_float32_losses(
+    tiny_compressed, tiny_data, precision
+):
+    """``student_forward``: fp32 leaves the forward as it is; bf16 autocasts it, and its outputs come back in
+    float32, close to the float32 forward's, with gradients reaching every trainable parameter."""
+    _, _, student = tiny_compressed
+    params = [q for q in student.parameters() if q.requires_grad]
+    s = FinetuneSettings(student_precision=precision)
+    phase = Phase(student, params, s, TrainBudget(1, None), StopFlag(), "test")
+    forward = student_forward(student, phase)
+    assert (forward is student) == (precision == "fp32")
+    student.eval()
+    with torch.no_grad():
+        exact = student(tiny_data.x)
+    out = forward(tiny_data.x)
+    assert out.dtype == torch.float32
+    assert float((out - exact).norm() / exact.norm()) <= (0.0 if precision == "fp32" else 0.05)
+    out.square().mean().backward()
+    assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in params)
+
+
+def test_stage_2_trains_a_bfloat16_student_and_says_so(tiny_compressed, tiny_data):
+    prepared, p, student = tiny_compressed
+    hook = finetune(tiny_data, tiny_data, steps=6, student_precision="bf16", progress=False)
+    model, report = hook(prepared, student, p)
+    assert report["stage2_distill"]["student_precision"] == "bfloat16 autocast"
+    assert all(torch.isfinite(q).all() for q in model.parameters())
+    with pytest.raises(UsageError, match="--student-precision must be one of auto, fp32, bf16"):
+        FinetuneSettings(student_precision="fp16").check()

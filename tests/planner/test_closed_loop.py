@@ -196,6 +196,31 @@ def test_fallback_is_measured_only_when_every_round_falls_short():
     assert layers == ["capped"] and len(rounds) == 2
 
 
+def test_a_fallback_that_overshoots_is_bisected_toward_the_window():
+    """Every selection the multiplier reaches measures short and the fallback (the most MACs saved) measures
+    above the window: the rounds left bisect between them, so that a less damaging plan reaches the target
+    (ResNet-20 x3: 2.36x, 2.62x, then rank 1 everywhere at 3.25x)."""
+    savings, base_s, target = [0.002] * 40, 0.1, 2.0
+    _, measure = _synthetic(savings, 1.0, base_s, target)  # n layers: 1 / (1 - 0.02 n)
+
+    def state(n):
+        return _Selection({i: "x" for i in range(n)}, math.sqrt(n)), list(range(n)), 0.002 * n
+
+    def between(slow, fast):
+        low, high = len(slow[1]), len(fast[1])
+        return None if high - low < 2 else state((low + high) // 2)
+
+    options = SearchOptions(between=between, cap=1.0, fallback=lambda: state(40))
+    (_, layers, _), rounds = search(lambda m: state(10), measure, target, base_s, options)
+    assert [r.get("fallback", False) for r in rounds][:2] == [False, True] and len(rounds) <= MAX_ROUNDS
+    assert target <= measure(layers) <= target * OVERSHOOT, rounds
+    assert len(layers) < 40  # less damaging than the fallback
+
+    no_between = SearchOptions(cap=1.0, fallback=lambda: state(40))
+    (_, layers, _), rounds = search(lambda m: state(10), measure, target, base_s, no_between)
+    assert len(layers) == 40 and len(rounds) == 2  # without ``between`` the fallback stands
+
+
 def test_whole_model_rounds_open_their_sessions_with_the_threads_asked(monkeypatch):
     """Both models of a round run with ``WholeModelTiming.threads`` intra-op threads; by default ORT's own (the
     session option stays 0), as a deployed session runs (see closed_loop's docstring)."""
