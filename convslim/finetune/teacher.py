@@ -15,6 +15,10 @@ here), so ``auto`` takes it only where the CPU's flags name it.
 every hooked activation is handed on as float32 (``full_precision``). Stage 1's least squares and the scores
 keep the float32 original: they are exact fits and the figures users compare.
 
+``student_precision`` (the same choices, default ``"fp32"``) autocasts the student's stage-2 forwards
+(``loop.student_forward``); on an AMX Xeon it trained 0.838x plain training's images per second against 0.897x
+in float32, and 89.64 against 89.74 % at 2,000 equal steps (README), so float32 stays the default.
+
 Example:
     >>> teacher = StageTeacher(original, autocast_dtype("auto", torch.device("cpu")))
     >>> logits = teacher(x)                          # float32, computed in bfloat16 where that pays
