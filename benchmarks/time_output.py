@@ -7,7 +7,8 @@ from the machine's noise. Each round is one ``measure_speed`` call (alternating 
 Run from the repository root, with nothing else running:
     python benchmarks/time_output.py OUT_DIR --rounds 3 --seconds 20 [--input-shape 1,3,32,32] [--threads 1]
 
-``--threads 1`` times with one ORT thread per session, as the planner's rounds do (``timing.STEADY_THREADS``).
+``--threads 1`` times with one ORT thread per session, as the planner's rounds do under ``--plan-threads 1``
+(``timing.STEADY_THREADS``; by default they take ORT's own).
 """
 
 from __future__ import annotations
