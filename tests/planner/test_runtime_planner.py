@@ -156,3 +156,33 @@ def test_int8_plan_measures_against_the_fp32_original(prepared, tmp_path, monkey
     assert plan.planning["original_onnx_sha256"] == hashlib.sha256(fp32).hexdigest()
     assert plan.planning["speedup_against"] == "original fp32"
     assert plan.planning["deployed_original_ms"] > 0 and plan.planning["original_ms"] > 0  # both timed
+
+
+def test_every_candidate_of_a_conv_is_priced_against_one_time_for_it(prepared, tmp_path, monkeypatch):
+    """Pairs timed seconds apart read the same conv at different speeds; a pair's ratio is steady, its absolute
+    time is not. Here rank 3 keeps the larger share of the time (ratio 0.6 against 0.3) but its pair read the
+    original twice as slow: priced on its own pair it would claim the larger saving (0.8 against 0.7). Priced on
+    the conv's median time (1.1), rank 1 saves the more."""
+    pairs = iter([(1.0, 0.3), (1.1, 0.45), (2.0, 0.6)])  # (original seconds, ratio) for ranks 1, 2, 3
+
+    def fake_time_pair(original, candidate, example, target, seconds):
+        orig_s, ratio = next(pairs)
+        return {"orig_s": orig_s, "cand_s": orig_s * ratio, "ratio": ratio, "spread": 0.0, "runs": 9}
+
+    monkeypatch.setattr(latency, "time_pair", fake_time_pair)
+    site = next(s for s in prepared.sites if s.name == "b")
+    grid = {"dwsep": [{"rank": 1}, {"rank": 2}, {"rank": 3}]}
+    cands = candidates_for(site, parse_forms("dwsep"), grid)[0]
+    timing = latency.LayerTiming(batch=4, seconds=0.01)
+    latency.measure_candidates(prepared.traced.module, {"b": site}, cands, timing, LatencyCache(tmp_path))
+    measured = [c.measured for c in cands]
+    assert [m["orig_s"] for m in measured] == [1.1] * 3
+    assert [m["pair_orig_s"] for m in measured] == [1.0, 1.1, 2.0]
+    assert [m["saved_s"] for m in measured] == pytest.approx([1.1 * 0.7, 1.1 * 0.55, 1.1 * 0.4])
+    assert [m["cand_s"] for m in measured] == pytest.approx([1.1 * 0.3, 1.1 * 0.45, 1.1 * 0.6])
+    cached = json.loads((tmp_path / latency.CACHE_FILE).read_text())
+    assert sorted(v["orig_s"] for v in cached.values()) == [
+        1.0,
+        1.1,
+        2.0,
+    ]  # the cache keeps what each pair read
