@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -248,7 +249,10 @@ def _close_the_loop(loop: _Loop, goal: SpeedGoal, table: dict, build: PlanBuilde
             planned_model=built.get(key),
         )
         built[key] = planned
-        details.append({k: timed[k] for k in ("speedup_iqr", "runs")} | {"onnx_sha256": _sha(planned)})
+        details.append(
+            {k: timed[k] for k in ("speedup_iqr", "runs")}
+            | {"onnx_sha256": _sha(planned), "selection": selection_summary(layers)}
+        )
         return timed["speedup"]
 
     def between(slow, fast):
@@ -268,6 +272,18 @@ def _close_the_loop(loop: _Loop, goal: SpeedGoal, table: dict, build: PlanBuilde
         r.update(taken[-1], runs=sum(d["runs"] for d in taken))
     winner = next((r for r in rounds if r.get("chosen")), None)
     return chosen, layers, saved, rounds, (winner["measured_speedup"] if winner else None)
+
+
+def selection_summary(layers) -> dict[str, int]:
+    """How many layers a round rewrote with each (form, setting), most first: what the round's speedup bought.
+
+    Example: ``{"dwsep rank=1": 28, "spatial rank=48": 2}``."""
+    counts = Counter(
+        f"{d.form} " + " ".join(f"{k}={v}" for k, v in d.setting.items() if k != "emission")
+        for d in layers
+        if d.form
+    )
+    return dict(counts.most_common())
 
 
 def _sha(data: bytes) -> str:

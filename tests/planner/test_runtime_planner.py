@@ -82,6 +82,8 @@ def test_planner_times_the_shipped_bytes(tmp_path, monkeypatch):
     chosen = next(r for r in planning["rounds"] if r.get("chosen"))
     assert chosen["onnx_sha256"] == shipped["model.onnx"]
     assert {"speedup_iqr", "runs"} <= set(chosen)
+    rewritten = [f"dwsep rank={d.setting['rank']}" for d in result.plan.layers if d.form]
+    assert chosen["selection"] == {k: rewritten.count(k) for k in set(rewritten)}  # what the round bought
 
 
 def test_int8_layers_count_at_their_faster_precision(prepared, monkeypatch):
