@@ -132,6 +132,11 @@ def propose(tried: list[dict], target: float, cap: float | None = None) -> float
     return proposal if cap is None else min(proposal, cap)
 
 
+def in_window(speedup: float, target: float) -> bool:
+    """Whether a measured speedup ends the search: at least the target, at most ``OVERSHOOT`` above it."""
+    return target <= speedup <= target * OVERSHOOT
+
+
 def _sides(tried: list[dict], target: float) -> tuple[list[dict], list[dict]]:
     """The rounds measured too slow (below the target) and too fast (above the window)."""
     slow = [r for r in tried if r["measured_speedup"] < target]
@@ -190,7 +195,7 @@ def search(
         if state is None or state[1][2] <= 0:
             break
         measured = _measure_round(state, measure, (rounds, states), target, base_s, options.progress)
-        if target <= measured <= target * OVERSHOOT:
+        if in_window(measured, target):
             break
         multiplier = propose(rounds, target, cap)
     if options.fallback is not None and rounds and max(r["measured_speedup"] for r in rounds) < target:
@@ -217,7 +222,7 @@ def _bisect_after_fallback(measure, seen: tuple[list, dict], target, base_s, opt
     reach measured 2.36 and 2.62x and the fallback, rank 1 everywhere, 3.25x."""
     rounds, states = seen
     while options.between is not None and len(rounds) < MAX_ROUNDS:
-        if target <= rounds[-1]["measured_speedup"] <= target * OVERSHOOT:
+        if in_window(rounds[-1]["measured_speedup"], target):
             return
         state = _bisected(options.between, rounds, states, target)
         if state is None or state[1][2] <= 0:
