@@ -24,6 +24,7 @@ from common import cifar_model, machine_record
 
 from convslim.api import plan, prepare
 from convslim.planner.closed_loop import WholeModelTiming, measure_plan_speedup
+from convslim.planner.compose import predicted_time
 
 # (form, options, stage prefix or None for every conv the table prices it on)
 SELECTIONS = [
@@ -36,12 +37,13 @@ SELECTIONS = [
 
 
 def claimed_speedup(candidates: dict, form: str, options: dict, layers: list[str], base_ms: float) -> float:
-    """1 / (1 − Σ saved / base) over ``layers``, each priced as the plan's table priced it."""
+    """1 / (1 − Σ saved / base) over ``layers`` (``compose.predicted_time``, as the planner predicts), each
+    priced as the plan's table priced it."""
     saved = 0.0
     for name in layers:
         match = [c for c in candidates[name] if c["form"] == form and c["options"] == options]
         saved += max(match[0].get("saved_ms") or 0.0, 0.0) if match else 0.0
-    return 1.0 / (1.0 - saved / base_ms)
+    return base_ms / predicted_time(base_ms, saved)
 
 
 def check(plan_file: Path, model_name: str, repeats: int) -> list[dict]:
