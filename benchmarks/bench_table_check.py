@@ -4,7 +4,7 @@ saving their layers' timings claim.
 Takes a CIFAR ResNet and a plan the planner wrote (``convslim compress ... --to auto --target-speedup T``'s
 ``OUT/plan.json``: every conv's candidates with their measured saving), applies one (form, setting) to every
 conv the table has it for (or to one stage's convs), measures the whole model against the original as the closed
-loop does (``planner.closed_loop.measure_plan_speedup``: batch 32, ORT's default threads, alternating blocks) and
+loop does (``planner.whole_model.measure_plan_speedup``: batch 32, ORT's default threads, alternating blocks) and
 prints, per selection, the measured speedup beside the one the summed layer savings predict,
 1 / (1 − Σ saved / the original's time). Where the two part, the greedy's choice between those forms leans on
 numbers the whole model does not show (README, "Planning on what it measures").
@@ -23,8 +23,8 @@ import torch
 from common import cifar_model, machine_record
 
 from convslim.api import plan, prepare
-from convslim.planner.closed_loop import WholeModelTiming, measure_plan_speedup
 from convslim.planner.compose import predicted_time
+from convslim.planner.whole_model import WholeModelTiming, measure_plan_speedup
 
 # (form, options, stage prefix or None for every conv the table prices it on)
 SELECTIONS = [

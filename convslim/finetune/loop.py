@@ -28,7 +28,7 @@ from convslim import parallel
 from convslim.finetune.batches import Batch
 from convslim.finetune.settings import FinetuneSettings
 from convslim.finetune.stopping import StopFlag, TrainBudget
-from convslim.finetune.teacher import autocast_dtype, full_outputs
+from convslim.finetune.teacher import autocast_dtype, full_outputs, precision_name
 
 WARMUP = 0.15  # onecycle: share of the phase spent warming up
 
@@ -114,7 +114,7 @@ def train(phase: Phase, batches: Iterator[Batch], loss_of: LossOf, after_step=No
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
     bar.close()
-    return tally.summary(phase.budget.done)
+    return {**tally.summary(phase.budget.done), "student_precision": precision_name(student_dtype(phase))}
 
 
 def _step(phase: Phase, optimizer, forward, batch: Batch, loss_of: LossOf) -> float:
@@ -132,7 +132,10 @@ def _step(phase: Phase, optimizer, forward, batch: Batch, loss_of: LossOf) -> fl
 
 
 class BestKeeper:
-    """Validates at ``settings.evals`` evenly spaced points of the budget and keeps the best weights."""
+    """Validates at ``settings.evals`` evenly spaced points of the budget and keeps the best weights; of tied
+    scores the later, which has trained longer (on the 500 held-out images of a CLI run ties are common, and
+    scored on all 5,000 val5k images the later checkpoints of phase B were the better: README "Nor does the
+    checkpoint the CLI keeps matter")."""
 
     def __init__(self, phase: Phase, validate: Callable[[nn.Module], float | None] | None):
         self.phase, self.validate = phase, validate
@@ -152,18 +155,24 @@ class BestKeeper:
             self.validate = None
             return {}
         self.history.append({"step": budget.done, "score": score, "loss": loss})
-        if self.best is None or score > self.best:
+        if self.best is None or score >= self.best:
             self.best, self.best_state = score, copy.deepcopy(self.phase.student.state_dict())
         return {"val": f"{score:.4f}"}
+
+
+def student_dtype(phase: Phase) -> torch.dtype | None:
+    """The dtype the phase's student forwards autocast to (None: float32, as the model is), for
+    ``settings.student_precision`` on the student's device; the phase's summary names it."""
+    return autocast_dtype(phase.settings.student_precision, next(phase.student.parameters()).device)
 
 
 def student_forward(forward: Callable, phase: Phase) -> Callable:
     """``forward`` run as ``settings.student_precision`` asks: as it is, or under bfloat16 autocast (where the
     CPU computes it natively, for "auto") with float32 outputs, so that losses and optimiser stay in float32."""
-    device = next(phase.student.parameters()).device
-    dtype = autocast_dtype(phase.settings.student_precision, device)
+    dtype = student_dtype(phase)
     if dtype is None:
         return forward
+    device = next(phase.student.parameters()).device
 
     def run(x: torch.Tensor):
         with torch.autocast(device.type, dtype=dtype):

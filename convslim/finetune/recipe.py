@@ -39,7 +39,7 @@ from convslim.finetune.reconstruct import RefitSettings, recalibrate_batchnorm, 
 from convslim.finetune.replay import TeacherLog
 from convslim.finetune.settings import DEFAULT_STEPS, FinetuneSettings
 from convslim.finetune.stopping import StopFlag, TrainBudget, interruptible
-from convslim.finetune.teacher import StageTeacher, autocast_dtype, precision_name
+from convslim.finetune.teacher import StageTeacher, autocast_dtype
 
 RISING_GAIN = 0.001  # a validation gain above 0.1 pt over phase B's last check counts as still rising
 
@@ -174,7 +174,6 @@ def _stage2(stage: Stage, heads: dict[str, list[nn.Conv2d] | None]) -> Stage2Res
         f"replayed ({log.views} views of phase A{mirror})" if replayed else f"live ({log.why_not})"
     )
     summary["teacher_precision"] = teacher.describe()
-    summary["student_precision"] = precision_name(autocast_dtype(s.student_precision, stage.device))
     report = {"stage2_blocks": blocks, "stage2_distill": summary, "wrapped_with_batchnorm": len(wrapped)}
     return Stage2Result(best if summary["best_score"] is not None else None, wrapped, report)
 

@@ -29,13 +29,14 @@ from convslim.core import LayerDecision, Plan, Prepared, dense_cost
 from convslim.core.samples import CALIBRATION_BATCH
 from convslim.planner.budget import Selection, blend, select
 from convslim.planner.candidates import Candidate
-from convslim.planner.closed_loop import SearchOptions, WholeModelTiming, measure_plan_speedup, search
+from convslim.planner.closed_loop import SearchOptions, search
 from convslim.planner.compose import layer_scale, layer_total, max_multiplier, predicted_time
 from convslim.planner.damage import measure_damage, probe_inputs
 from convslim.planner.latency import LatencyCache, measure_candidates, time_model
 from convslim.planner.request import PlanRequest
 from convslim.planner.table import PlanBuilder, choice_of, gather_candidates, macs_table
 from convslim.planner.verdict import layer_timings, verdict
+from convslim.planner.whole_model import WholeModelTiming, measure_plan_speedup
 from convslim.runtime.export import ExportSettings, export_bytes
 from convslim.runtime.int8 import Calibration
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from convslim.errors import UsageError
 from convslim.finetune import FinetuneSettings, finetune
 from convslim.finetune.batches import Batch, training_batches
 from convslim.finetune.distill import blocks_of, kd_phase
-from convslim.finetune.loop import Phase
+from convslim.finetune.loop import BestKeeper, Phase
 from convslim.finetune.losses import kd_loss
 from convslim.finetune.stopping import StopFlag, TrainBudget
 from convslim.finetune.views import augment, mixup
@@ -202,3 +205,21 @@ def test_cli_passes_the_phase_b_scale_on():
     args = build_parser().parse_args(argv)
     assert FinetuneSettings(**recipe_settings(args)).distill_lr_scale == 1.0
     assert FinetuneSettings().distill_lr_scale == pytest.approx(5 / 3)
+
+
+def test_of_tied_validation_scores_the_later_weights_are_kept():
+    """The keeper validates at evenly spaced points; a later checkpoint that ties the best has trained longer
+    and replaces it, a lower one does not."""
+    student = nn.Linear(2, 1)
+    settings = replace(FinetuneSettings(), evals=3)
+    phase = Phase(student, list(student.parameters()), settings, TrainBudget(3, None), StopFlag(), "test")
+    scores = iter([0.5, 0.5, 0.4])
+    keeper = BestKeeper(phase, lambda model: next(scores))
+    for step in range(1, 4):
+        with torch.no_grad():
+            student.bias.fill_(float(step))
+        phase.budget.done = step
+        keeper(loss=0.0)
+    assert [h["score"] for h in keeper.history] == [0.5, 0.5, 0.4]
+    assert keeper.best == 0.5
+    assert float(keeper.best_state["bias"]) == 2.0

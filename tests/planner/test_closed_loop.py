@@ -20,12 +20,11 @@ from convslim.planner.closed_loop import (
     MAX_ROUNDS,
     OVERSHOOT,
     SearchOptions,
-    WholeModelTiming,
-    measure_plan_speedup,
     pick_round,
     realised_share,
     search,
 )
+from convslim.planner.whole_model import WholeModelTiming, measure_plan_speedup
 
 
 def test_realised_share_is_the_share_of_saving_that_materialised():
