@@ -2,7 +2,7 @@
 that their RESULTS rows can be reproduced. Each variant patches one library function in this process only, then
 runs ``bench_finetune.py`` (or ``bench_datafree.py``) with the arguments after ``--``.
 
-Variants:
+Variants (the data-free ones, native-coarse, precise-bn and mirror-calib, in ``ablations_datafree.py``):
   relu-mid         a ReLU between each dwsep layer's depthwise and pointwise parts, started in its linear region:
                    after stage 1, each depthwise filter's bias is raised by the negative of its output's minimum
                    over four calibration batches, b_D ← b_D + s, and each pointwise bias lowered to match,
@@ -11,17 +11,18 @@ Variants:
   phase-lr         phase A and phase B with their own one-cycle peaks (``--phase-a-lr``, ``--phase-b-lr``)
   mirror-features  phase A's block targets averaged with the teacher's block outputs on the mirror image, flipped
                    back: t ← (t(x) + flip(t(flip(x)))) / 2, the flip TTA the logged logits get (no extra forward)
-  native-coarse    synthesis's coarse steps feed the model the half-resolution image itself (DeepInversion's
-                   multi-resolution) instead of its bilinear upsampling; then x ← U(x) is refined at full size
-  precise-bn       the training BatchNorms' running statistics re-estimated (cumulative averages) on the training
-                   pool itself, unmixed and unaugmented, just before they are folded; the val5k top-1 of the
-                   weights folded as trained (statistics of the training views) is printed first
-  mirror-calib     stage 1's calibration batches followed each by its mirror image (twice the images to fit)
+  centred-mse      phase B's squared logit error on logits centred per image, s − mean(s) against t − mean(t)
+                   (softmax ignores a shift, so the student need not match the teacher's logit mean)
+  layer-targets    phase A's loss at every rewritten layer, not only at each block's last: the mean over
+                   layers of ‖s_l − t_l‖² / ‖t_l‖², block inputs still teacher-forced
+  sam              phase B's steps sharpness-aware (SAM, Foret et al. 2021): the gradient taken at
+                   w + ρ·g/‖g‖ (``--rho``), so a step costs two forwards and backwards
 
     python benchmarks/ablations.py relu-mid -- --plan benchmarks/plans/resnet20_x2.json --steps 2353 --threads 1 --no-speed
     python benchmarks/ablations.py phase-lr --phase-b-lr 1.5e-3 -- --plan benchmarks/plans/resnet20_x2.json --steps 2353
     python benchmarks/ablations.py native-coarse -- --plan benchmarks/plans/resnet20_x2.json --rows full \\
         --sources synthetic --gen-step-ratio 0.6 --count 1408 --steps 2337 --threads 1
+    python benchmarks/ablations.py sam --rho 0.05 -- --plan benchmarks/plans/resnet20_x2.json --steps 2400 --threads 1
     python benchmarks/ablations.py precise-bn -- --plan benchmarks/plans/resnet20_x2.json --rows full \\
         --sources synthetic --count 1024 --threads 1 --cache /tmp/df
 """
@@ -29,18 +30,17 @@ Variants:
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
+from ablations_datafree import mirror_calib, native_coarse, precise_bn
 
 import convslim.finetune.distill as distill
+import convslim.finetune.loop as loop
 import convslim.finetune.recipe as recipe
-import convslim.inputs.synthetic as synthetic
 from convslim.convert.dwsep import DepthwiseSeparableConv
-from convslim.finetune.reconstruct import recalibrate_batchnorm
 
 CALIBRATION_BATCHES = 4  # relu-mid: the batches whose minimum sets each depthwise output's shift
 
@@ -151,52 +151,77 @@ def mirror_features(args) -> None:
     recipe.feature_phase = feature_phase
 
 
-def native_coarse(args) -> None:
-    upsampled, leaf = synthetic._upsampled, synthetic._leaf
+def centred_mse(args) -> None:
+    kd_loss = distill.kd_loss
 
-    def leaf_at_switch(x, box, lr):
-        if x.requires_grad:  # the coarse leaf at the switch to fine (the first call gets fresh noise)
-            x = upsampled(x, (x.shape[1], 2 * x.shape[-2], 2 * x.shape[-1]))
-        return leaf(x, box, lr)
+    def centred(s, t, y, temperature, ce_weight, kind):
+        if kind == "mse" and s.dim() == 2:
+            s, t = s - s.mean(1, keepdim=True), t - t.mean(1, keepdim=True)
+        return kd_loss(s, t, y, temperature, ce_weight, kind)
 
-    synthetic._upsampled = lambda x, shape: x  # the model sees the half-resolution image itself
-    synthetic._leaf = leaf_at_switch
+    distill.kd_loss = centred
 
 
-def precise_bn(args) -> None:
-    from common import cifar_arrays, top1
-
-    pool, batches, unwrap = {}, recipe.training_batches, recipe.unwrap_all
-
-    def training_batches(train, *rest):
-        pool["x"] = train.x  # the pool stage 2 trains on, before augmentation and mixup
-        return batches(train, *rest)
-
-    @torch.no_grad()
-    def unwrap_all(model, names):
-        if names and "x" in pool:
-            as_trained = copy.deepcopy(model)
-            unwrap(as_trained, names)
-            print(f"[precise-bn] as trained: val5k top-1 {top1(as_trained, *cifar_arrays('val5k')):.4f}")
-            x, device = pool["x"], next(model.parameters()).device
-            batches = [
-                (x[i : i + 128].contiguous(memory_format=torch.channels_last), None)
-                for i in range(0, len(x), 128)
+def layer_targets(args) -> None:
+    def feature_phase(teacher, phase, names, batches, log=None):
+        forced, t_out, s_out = {}, {}, {}
+        handles, student = [], phase.student
+        for first in (g[0] for g in distill.blocks_of(names)):
+            handles += [
+                teacher.get_submodule(first).register_forward_pre_hook(distill._store_input(forced, first)),
+                student.get_submodule(first).register_forward_pre_hook(distill._force_input(forced, first)),
             ]
-            count = recalibrate_batchnorm(model, batches, device)
-            print(f"[precise-bn] {count} BatchNorms re-estimated on {len(x)} images", flush=True)
-        return unwrap(model, names)
+        for n in names:
+            handles += [
+                teacher.get_submodule(n).register_forward_hook(distill._store_output(t_out, n)),
+                student.get_submodule(n).register_forward_hook(distill._store_output(s_out, n)),
+            ]
 
-    recipe.training_batches, recipe.unwrap_all = training_batches, unwrap_all
+        def loss_of(forward, batch):
+            mirrored = log.mirrored(teacher, batch) if log is not None else None
+            with torch.no_grad():
+                logits = teacher(batch.x)
+            if log is not None:
+                log.record(batch, logits, mirrored)
+            forward(batch.x)
+            return sum(distill.relative_mse(s_out[n], t_out[n]) for n in names) / len(names)
+
+        with distill._hooks(handles):
+            return distill.train(phase, batches, loss_of)
+
+    recipe.feature_phase = feature_phase
 
 
-def mirror_calib(args) -> None:
-    take = recipe.take
+def sam(args) -> None:
+    plain_step = loop._step
 
-    def with_mirrors(*a, **k):
-        return [pair for x, y in take(*a, **k) for pair in ((x, y), (x.flip(3), y))]
+    def sharpness_aware_step(phase, optimizer, forward, batch, loss_of):
+        if not phase.desc.startswith("stage 2b"):  # phase A's loss logs the teacher: one pass per step
+            return plain_step(phase, optimizer, forward, batch, loss_of)
+        phase.student.train()
+        loss = loss_of(forward, batch)
+        for group in optimizer.param_groups:
+            group["lr"] = loop.learning_rate(phase.settings, phase.budget.progress())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            grads = [p.grad for p in phase.params]
+            norm = torch.sqrt(sum(g.pow(2).sum() for g in grads if g is not None)).clamp_min(1e-12)
+            moves = [None if g is None else g * (args.rho / norm) for g in grads]
+            for p, move in zip(phase.params, moves, strict=True):
+                if move is not None:
+                    p.add_(move)
+        optimizer.zero_grad(set_to_none=True)
+        loss_of(forward, batch).backward()
+        with torch.no_grad():
+            for p, move in zip(phase.params, moves, strict=True):
+                if move is not None:
+                    p.sub_(move)
+        optimizer.step()
+        phase.budget.done += 1
+        return float(loss.detach())
 
-    recipe.take = with_mirrors
+    loop._step = sharpness_aware_step
 
 
 VARIANTS = {
@@ -206,6 +231,9 @@ VARIANTS = {
     "native-coarse": (native_coarse, "bench_datafree"),
     "precise-bn": (precise_bn, "bench_datafree"),
     "mirror-calib": (mirror_calib, "bench_datafree"),
+    "centred-mse": (centred_mse, "bench_finetune"),
+    "layer-targets": (layer_targets, "bench_finetune"),
+    "sam": (sam, "bench_finetune"),
 }
 
 
@@ -219,6 +247,7 @@ def main() -> None:
     parser.add_argument(
         "--phase-b-lr", type=float, help="phase-lr: phase B's one-cycle peak (default: --lr's)"
     )
+    parser.add_argument("--rho", type=float, default=0.05, help="sam: the radius ρ of the ascent step")
     args = parser.parse_args(ours)
     patch, bench = VARIANTS[args.variant]
     patch(args)
