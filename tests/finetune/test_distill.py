@@ -16,7 +16,7 @@ from convslim.finetune import FinetuneSettings, finetune
 from convslim.finetune.batches import Batch, training_batches
 from convslim.finetune.distill import blocks_of, kd_phase
 from convslim.finetune.loop import BestKeeper, Phase
-from convslim.finetune.losses import kd_loss
+from convslim.finetune.losses import kd_loss, relative_mse
 from convslim.finetune.stopping import StopFlag, TrainBudget
 from convslim.finetune.views import augment, mixup
 
@@ -49,6 +49,34 @@ def test_kd_phase_lowers_kd_loss(tiny_compressed, tiny_data):
     summary, _ = kd_phase(teacher, phase, names, batches)
     assert summary["steps"] == 40
     assert _kd_loss(student, teacher, tiny_data.x) < 0.7 * before
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 7), st.booleans(), st.integers(0, 2**16))
+def test_relative_error_and_its_gradient_are_the_ratio_of_means_in_the_features_layout(
+    n, c, side, channels_last, seed
+):
+    """``relative_mse`` (its own autograd function) gives mean((s−t)²) / mean(t²) and autograd's gradient of
+    that formula, in ``s``'s memory format; a target of zeros gets the 1e-12 floor, not a division by 0."""
+    generator = torch.Generator().manual_seed(seed)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    s = torch.randn(n, c, side, side, generator=generator, dtype=torch.float64).contiguous(
+        memory_format=layout
+    )
+    t = torch.randn(n, c, side, side, generator=generator, dtype=torch.float64).contiguous(
+        memory_format=layout
+    )
+    s.requires_grad_(True)
+    loss = relative_mse(s, t)
+    loss.backward()
+    reference = s.detach().clone().requires_grad_(True)
+    expected = F.mse_loss(reference, t) / t.pow(2).mean()
+    expected.backward()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-12)
+    assert torch.allclose(s.grad, reference.grad, rtol=1e-10, atol=1e-14)
+    assert s.grad.is_contiguous(memory_format=layout)
+    zeros = torch.zeros_like(t)
+    assert float(relative_mse(s.detach(), zeros)) == pytest.approx(float(s.detach().pow(2).mean()) / 1e-12)
 
 
 @settings(max_examples=25, deadline=None)
