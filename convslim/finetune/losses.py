@@ -20,8 +20,8 @@ channels-last; a BatchNorm backward that then meets an NCHW gradient and an NHWC
 path (on ResNet-20's ×2 plan a block-wise step ran 348 ms instead of 286 ms, batch 128, 2 cores), so the
 gradient comes back in ``s``'s layout. Memory: these tensors are large and the arithmetic trivial, so the
 time is the passes over them; ``F.mse_loss`` and its backward (and a layout copy) make several, the function
-three (s − t, two norms) forward and one backward: 3.2 against 7.4 ms at 128×16×32×32, 1.2 against 2.3 ms at
-128×64×8×8 (forward and backward, channels-last, 2 threads, medians of 7 alternating blocks, an AMX Xeon).
+three (s − t, two norms) forward and one backward: 2.7-4.1 against 5.5-6.7 ms at 128×16×32×32, 0.9-1.0 against
+1.5-1.7 ms at 128×64×8×8 (forward and backward, channels-last, 2 threads; ``benchmarks/bench_feature_loss.py``).
 
 Example:
     >>> loss = relative_mse(student_features, teacher_features) + kd_loss(s_logits, t_logits, y, 4.0, 1.0, "mse")
