@@ -178,11 +178,7 @@ def layer_targets(args) -> None:
             ]
 
         def loss_of(forward, batch):
-            mirrored = log.mirrored(teacher, batch) if log is not None else None
-            with torch.no_grad():
-                logits = teacher(batch.x)
-            if log is not None:
-                log.record(batch, logits, mirrored)
+            distill.teacher_pass(teacher, batch, log)
             forward(batch.x)
             return sum(distill.relative_mse(s_out[n], t_out[n]) for n in names) / len(names)
 

@@ -75,16 +75,22 @@ def feature_phase(teacher, phase: Phase, names: list[str], batches, log: Teacher
         handles.append(student.get_submodule(last).register_forward_hook(_store_output(s_out, last)))
 
     def loss_of(forward, batch: Batch) -> torch.Tensor:
-        mirrored = log.mirrored(teacher, batch) if log is not None else None
-        with torch.no_grad():
-            logits = teacher(batch.x)
-        if log is not None:
-            log.record(batch, logits, mirrored)
+        teacher_pass(teacher, batch, log)
         forward(batch.x)
         return sum(relative_mse(s_out[g[-1]], t_out[g[-1]]) for g in groups) / len(groups)
 
     with _hooks(handles):
         return train(phase, batches, loss_of)
+
+
+def teacher_pass(teacher, batch: Batch, log: TeacherLog | None) -> None:
+    """A phase-A step's teacher forwards: on the views' mirror images first (when ``log`` averages them in;
+    hooks keep the last pass, which must be the views'), then on the views, their outputs logged for phase B."""
+    mirrored = log.mirrored(teacher, batch) if log is not None else None
+    with torch.no_grad():
+        logits = teacher(batch.x)
+    if log is not None:
+        log.record(batch, logits, mirrored)
 
 
 def _store_input(store, key):
